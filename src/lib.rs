@@ -1,0 +1,9 @@
+//! CoreMQ: a RocketMQ-compatible message broker, thread-per-core on io_uring (glommio) with
+//! direct I/O.
+//!
+//! Module map (see `../shared/DESIGN.md`): [`message`] holds the record codec and message ids;
+//! [`store`] the per-shard DMA commitlog, consume queues, index, checkpoint, recovery and
+//! retention.
+
+pub mod message;
+pub mod store;

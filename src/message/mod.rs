@@ -1,0 +1,67 @@
+//! The message model and its byte formats: the commitlog record (which is also the body layout
+//! of a pull response), the properties string, message ids and tag hash codes.
+//!
+//! Nothing here does I/O; every decoder takes untrusted bytes and returns an error rather than
+//! panicking or over-allocating.
+
+pub mod msgid;
+pub mod properties;
+pub mod record;
+pub mod sysflag;
+
+pub use record::{DecodeError, MessageRecord, RecordView};
+
+/// Java's `String.hashCode()` over UTF-16 code units, as RocketMQ uses for tag hash codes
+/// (reference §7.2) and index keys (§7.3).
+pub fn java_string_hash(s: &str) -> i32 {
+    let mut h: i32 = 0;
+    for unit in s.encode_utf16() {
+        h = h.wrapping_mul(31).wrapping_add(unit as i32);
+    }
+    h
+}
+
+/// Same as [`java_string_hash`] for bytes that should be UTF-8; invalid sequences hash as the
+/// lossy decoding (Java would have decoded them with replacement characters too).
+pub fn java_bytes_hash(b: &[u8]) -> i32 {
+    match std::str::from_utf8(b) {
+        Ok(s) => java_string_hash(s),
+        Err(_) => java_string_hash(&String::from_utf8_lossy(b)),
+    }
+}
+
+/// Consume-queue tag code of a TAGS value: its Java hash, sign-extended; 0 without tags.
+pub fn tags_code(tags: Option<&[u8]>) -> i64 {
+    match tags {
+        Some(t) if !t.is_empty() => java_bytes_hash(t) as i64,
+        _ => 0,
+    }
+}
+
+/// Masked body CRC stored in BODYCRC: `CRC32(body) & 0x7FFFFFFF` (reference §5.1).
+pub fn body_crc(body: &[u8]) -> u32 {
+    crc32fast::hash(body) & 0x7FFF_FFFF
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn java_hash_matches_known_values() {
+        // Values from java.lang.String#hashCode.
+        assert_eq!(java_string_hash(""), 0);
+        assert_eq!(java_string_hash("TagA"), 2598919);
+        assert_eq!(java_string_hash("hello"), 99162322);
+        assert_eq!(java_string_hash("TopicTest#key1"), -1655984460);
+        // Non-BMP characters hash as their surrogate pair.
+        assert_eq!(java_string_hash("\u{1F600}"), 0xD83D * 31 + 0xDE00);
+    }
+
+    #[test]
+    fn tags_code_of_no_tag_is_zero() {
+        assert_eq!(tags_code(None), 0);
+        assert_eq!(tags_code(Some(b"")), 0);
+        assert_eq!(tags_code(Some(b"TagA")), 2598919);
+    }
+}

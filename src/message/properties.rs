@@ -1,0 +1,71 @@
+//! The properties string: `name 0x01 value 0x02`, repeated (reference §4.1).
+//!
+//! Lookups iterate the raw bytes without allocating, because they run on the append path
+//! (TAGS, KEYS and UNIQ_KEY are read from every stored message).
+
+pub const NAME_VALUE_SEPARATOR: u8 = 0x01;
+pub const PROPERTY_SEPARATOR: u8 = 0x02;
+
+pub const TAGS: &str = "TAGS";
+pub const KEYS: &str = "KEYS";
+pub const UNIQ_KEY: &str = "UNIQ_KEY";
+pub const WAIT: &str = "WAIT";
+pub const DELAY: &str = "DELAY";
+
+/// Iterates the `(name, value)` pairs of a properties string, with Java's leniency: segments
+/// shorter than 3 bytes or without an inner separator are skipped; a trailing separator is fine.
+pub fn iter(props: &[u8]) -> impl Iterator<Item = (&[u8], &[u8])> {
+    props.split(|b| *b == PROPERTY_SEPARATOR).filter_map(|seg| {
+        if seg.len() < 3 {
+            return None;
+        }
+        let at = seg.iter().position(|b| *b == NAME_VALUE_SEPARATOR)?;
+        if at == 0 || at + 1 == seg.len() {
+            return None;
+        }
+        Some((&seg[..at], &seg[at + 1..]))
+    })
+}
+
+/// The value of `name`, if present.
+pub fn get<'a>(props: &'a [u8], name: &str) -> Option<&'a [u8]> {
+    iter(props).find(|(k, _)| *k == name.as_bytes()).map(|(_, v)| v)
+}
+
+/// Appends one `name=value` pair in wire form.
+pub fn push(out: &mut Vec<u8>, name: &str, value: &str) {
+    out.extend_from_slice(name.as_bytes());
+    out.push(NAME_VALUE_SEPARATOR);
+    out.extend_from_slice(value.as_bytes());
+    out.push(PROPERTY_SEPARATOR);
+}
+
+/// Encodes pairs in wire form (trailing separator included, as Java writes it).
+pub fn encode<'a>(pairs: impl IntoIterator<Item = (&'a str, &'a str)>) -> Vec<u8> {
+    let mut out = Vec::new();
+    for (k, v) in pairs {
+        push(&mut out, k, v);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trip_and_lookup() {
+        let p = encode([("TAGS", "TagA"), ("KEYS", "k1 k2"), ("UNIQ_KEY", "ABC")]);
+        assert_eq!(p, b"TAGS\x01TagA\x02KEYS\x01k1 k2\x02UNIQ_KEY\x01ABC\x02");
+        assert_eq!(get(&p, TAGS), Some(&b"TagA"[..]));
+        assert_eq!(get(&p, KEYS), Some(&b"k1 k2"[..]));
+        assert_eq!(get(&p, "NOPE"), None);
+    }
+
+    #[test]
+    fn lenient_parsing_skips_malformed_segments() {
+        let p = b"\x01x\x02ab\x02k\x01\x02\x02\x02TAGS\x01T";
+        let pairs: Vec<_> = iter(p).collect();
+        assert_eq!(pairs, vec![(&b"TAGS"[..], &b"T"[..])]);
+    }
+}
