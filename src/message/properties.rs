@@ -29,7 +29,9 @@ pub fn iter(props: &[u8]) -> impl Iterator<Item = (&[u8], &[u8])> {
 
 /// The value of `name`, if present.
 pub fn get<'a>(props: &'a [u8], name: &str) -> Option<&'a [u8]> {
-    iter(props).find(|(k, _)| *k == name.as_bytes()).map(|(_, v)| v)
+    iter(props)
+        .find(|(k, _)| *k == name.as_bytes())
+        .map(|(_, v)| v)
 }
 
 /// Appends one `name=value` pair in wire form.

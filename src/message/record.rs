@@ -395,7 +395,13 @@ impl MessageRecord {
             &self.meta.born_host,
             &self.meta.store_host,
         ));
-        encode(&mut out, &self.meta, &self.body, &self.topic, &self.properties)?;
+        encode(
+            &mut out,
+            &self.meta,
+            &self.body,
+            &self.topic,
+            &self.properties,
+        )?;
         Ok(out.into())
     }
 }

@@ -1,1 +1,18 @@
-//! Storage engine.
+//! The storage engine: per-shard DMA commitlog, consume queues, index files, checkpoint,
+//! recovery and retention (reference §5–§8).
+//!
+//! Shape: the store runs one glommio executor per shard. A shard owns the (topic, queueId)
+//! pairs that hash to it, its own commitlog directory `commitlog/<shard>/`, the consume queues
+//! of its queues and its own index directory `index/<shard>/`. A [`CommitLogOffset`] carries
+//! the shard in its high bits, so every stored offset resolves to one record.
+
+pub mod config;
+pub mod dma;
+pub mod error;
+pub mod format;
+pub mod notify;
+pub mod offset;
+
+pub use config::{FlushDiskType, StoreConfig};
+pub use error::{Result, StoreError};
+pub use offset::{CommitLogOffset, ShardId};

@@ -1,0 +1,231 @@
+//! Store configuration, with RocketMQ's property names and defaults (reference §8.4).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use super::error::{Result, StoreError};
+
+/// `flushDiskType`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FlushDiskType {
+    /// Acknowledge once the record is in the shard's write buffer; flush on an interval.
+    AsyncFlush,
+    /// Acknowledge after the record is durable (group commit: one write + fdatasync).
+    SyncFlush,
+}
+
+impl std::str::FromStr for FlushDiskType {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s.trim() {
+            "ASYNC_FLUSH" => Ok(FlushDiskType::AsyncFlush),
+            "SYNC_FLUSH" => Ok(FlushDiskType::SyncFlush),
+            other => Err(format!(
+                "unknown flushDiskType {other:?} (expected ASYNC_FLUSH or SYNC_FLUSH)"
+            )),
+        }
+    }
+}
+
+/// Milliseconds since the epoch. Injected so retention can be tested without waiting days.
+pub type Clock = Arc<dyn Fn() -> i64 + Send + Sync>;
+
+pub fn system_clock() -> Clock {
+    Arc::new(|| {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as i64)
+            .unwrap_or(0)
+    })
+}
+
+/// Everything the store needs; [`StoreConfig::new`] gives upstream's defaults.
+#[derive(Clone)]
+pub struct StoreConfig {
+    /// `storePathRootDir` (default `~/store`).
+    pub root: PathBuf,
+    /// `storePathCommitLog` (default `<root>/commitlog`); holds one directory per shard.
+    pub commitlog_dir: PathBuf,
+    /// Number of shards (executors); 0 means one per available core.
+    pub shards: usize,
+    /// Pin shard `i` to CPU `i % cores`.
+    pub pin_shards: bool,
+    /// `mappedFileSizeCommitLog`, a multiple of 4 KiB.
+    pub segment_size: u64,
+    /// Entries per consume-queue file (`mappedFileSizeConsumeQueue / 20`).
+    pub cq_entries_per_file: u64,
+    /// `maxMessageSize`.
+    pub max_message_size: usize,
+    /// `flushDiskType`.
+    pub flush_disk_type: FlushDiskType,
+    /// `flushIntervalCommitLog` in ms.
+    pub flush_interval_ms: u64,
+    /// `flushIntervalConsumeQueue` in ms (also the checkpoint interval).
+    pub flush_cq_interval_ms: u64,
+    /// `syncFlushTimeout` in ms.
+    pub sync_flush_timeout_ms: u64,
+    /// Bytes of written-but-unflushed data per shard that trigger a flush in ASYNC_FLUSH.
+    pub flush_trigger_bytes: u64,
+    /// Largest single DMA write.
+    pub max_write_bytes: u64,
+    /// Unflushed bytes per shard past which appenders wait (backpressure).
+    pub max_unflushed_bytes: u64,
+    /// Recently written bytes kept in memory per shard for reads (beyond the unflushed tail).
+    pub tail_cache_bytes: u64,
+    /// Largest span of commitlog read with one DMA read when serving a queue read.
+    pub read_ahead_bytes: u64,
+    /// `messageIndexEnable`.
+    pub message_index_enable: bool,
+    /// `maxHashSlotNum`.
+    pub index_slots: u32,
+    /// `maxIndexNum`.
+    pub index_max_entries: u32,
+    /// `maxMsgsNumBatch`: cap of a query by key.
+    pub max_msgs_num_batch: usize,
+    /// `deleteWhen` hours (local time), from `"04"` or `"04;16"`.
+    pub delete_when: Vec<u8>,
+    /// `fileReservedTime` in hours.
+    pub file_reserved_hours: u64,
+    /// `diskMaxUsedSpaceRatio` in percent.
+    pub disk_max_used_space_ratio: u8,
+    /// `cleanResourceInterval` in ms.
+    pub clean_resource_interval_ms: u64,
+    /// Pause between two file deletions, so deletion never stalls appends
+    /// (`deletePhysicFilesInterval`).
+    pub delete_files_interval_ms: u64,
+    /// Host and port written in STOREHOSTADDRESS and msgIds (`brokerIP1:listenPort`).
+    pub store_host: SocketAddr,
+    /// glommio `io_memory` per executor; `ulimit -l` bounds it (see DESIGN platform notes).
+    pub io_memory: usize,
+    /// Source of store timestamps and retention ages.
+    pub clock: Clock,
+}
+
+impl std::fmt::Debug for StoreConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StoreConfig")
+            .field("root", &self.root)
+            .field("shards", &self.shards)
+            .field("segment_size", &self.segment_size)
+            .field("flush_disk_type", &self.flush_disk_type)
+            .finish_non_exhaustive()
+    }
+}
+
+impl StoreConfig {
+    /// Upstream defaults, rooted at `root`.
+    pub fn new(root: impl Into<PathBuf>) -> StoreConfig {
+        let root = root.into();
+        StoreConfig {
+            commitlog_dir: root.join("commitlog"),
+            root,
+            shards: 0,
+            pin_shards: true,
+            segment_size: 1 << 30,
+            cq_entries_per_file: 300_000,
+            max_message_size: 4 * 1024 * 1024,
+            flush_disk_type: FlushDiskType::AsyncFlush,
+            flush_interval_ms: 500,
+            flush_cq_interval_ms: 1000,
+            sync_flush_timeout_ms: 5000,
+            flush_trigger_bytes: 1 << 20,
+            max_write_bytes: 1 << 20,
+            max_unflushed_bytes: 64 << 20,
+            tail_cache_bytes: 256 << 20,
+            read_ahead_bytes: 1 << 20,
+            message_index_enable: true,
+            index_slots: 5_000_000,
+            index_max_entries: 20_000_000,
+            max_msgs_num_batch: 64,
+            delete_when: vec![4],
+            file_reserved_hours: 72,
+            disk_max_used_space_ratio: 75,
+            clean_resource_interval_ms: 10_000,
+            delete_files_interval_ms: 100,
+            store_host: SocketAddr::from(([127, 0, 0, 1], 10911)),
+            io_memory: 1 << 20,
+            clock: system_clock(),
+        }
+    }
+
+    /// The shard count in force: the configured one, or one per available core.
+    pub fn effective_shards(&self) -> usize {
+        if self.shards > 0 {
+            self.shards
+        } else {
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1)
+        }
+    }
+
+    /// Checks values that would break invariants later.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |m: String| Err(StoreError::Config(m));
+        if self.segment_size < 64 * 1024 || self.segment_size % super::dma::ALIGN != 0 {
+            return bad(format!(
+                "mappedFileSizeCommitLog {} must be a multiple of 4096 and at least 65536",
+                self.segment_size
+            ));
+        }
+        if (self.max_message_size as u64) + 8 > self.segment_size {
+            return bad(format!(
+                "maxMessageSize {} does not fit a commitlog segment of {}",
+                self.max_message_size, self.segment_size
+            ));
+        }
+        if self.cq_entries_per_file == 0 {
+            return bad("mappedFileSizeConsumeQueue must hold at least one entry".into());
+        }
+        if self.index_slots == 0 || self.index_max_entries < 2 {
+            return bad("maxHashSlotNum must be > 0 and maxIndexNum > 1".into());
+        }
+        if self.effective_shards() > super::offset::MAX_SHARDS {
+            return bad(format!(
+                "at most {} shards are supported",
+                super::offset::MAX_SHARDS
+            ));
+        }
+        if self.max_write_bytes < super::dma::ALIGN || self.max_write_bytes % super::dma::ALIGN != 0
+        {
+            return bad("max write size must be a multiple of 4096".into());
+        }
+        Ok(())
+    }
+}
+
+/// Parses `deleteWhen`: hours separated by `;`, each 0..=23.
+pub fn parse_delete_when(s: &str) -> std::result::Result<Vec<u8>, String> {
+    s.split(';')
+        .map(str::trim)
+        .filter(|h| !h.is_empty())
+        .map(|h| match h.parse::<u8>() {
+            Ok(v) if v < 24 => Ok(v),
+            _ => Err(format!(
+                "bad deleteWhen hour {h:?} (expected 00..23, ';'-separated)"
+            )),
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn delete_when_forms() {
+        assert_eq!(parse_delete_when("04").unwrap(), vec![4]);
+        assert_eq!(parse_delete_when("04;16").unwrap(), vec![4, 16]);
+        assert!(parse_delete_when("25").is_err());
+        assert!(parse_delete_when("x").is_err());
+    }
+
+    #[test]
+    fn defaults_validate() {
+        StoreConfig::new("/tmp/x").validate().unwrap();
+        let mut c = StoreConfig::new("/tmp/x");
+        c.segment_size = 1000;
+        assert!(c.validate().is_err());
+    }
+}

@@ -1,0 +1,51 @@
+//! Store errors. I/O errors name the file; corruption names file and offset.
+
+use std::path::PathBuf;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("{op} {path}: {source}")]
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("corrupt data in {file} at offset {offset}: {reason}")]
+    Corruption {
+        file: PathBuf,
+        offset: u64,
+        reason: String,
+    },
+    #[error("message of {size} bytes exceeds maxMessageSize {max}")]
+    MessageTooLarge { size: usize, max: usize },
+    #[error("bad message: {0}")]
+    BadMessage(String),
+    #[error("store {store} is locked by another process (pid {pid})")]
+    Locked { store: PathBuf, pid: String },
+    #[error("bad store configuration: {0}")]
+    Config(String),
+    #[error("commitlog offset {0} is not stored (deleted, not yet written or another shard)")]
+    OffsetNotFound(String),
+    #[error("a previous flush failed, the shard refuses writes: {0}")]
+    FlushFailed(String),
+    #[error("the store is shut down")]
+    Closed,
+    #[error("SYNC_FLUSH timed out after {0} ms")]
+    FlushTimeout(u64),
+}
+
+pub type Result<T> = std::result::Result<T, StoreError>;
+
+/// Adds the operation and path to an I/O error, as `map_err(io_err("open", &path))`.
+pub fn io_err<E: Into<std::io::Error>>(
+    op: &'static str,
+    path: impl Into<PathBuf>,
+) -> impl FnOnce(E) -> StoreError {
+    let path = path.into();
+    move |e| StoreError::Io {
+        op,
+        path,
+        source: e.into(),
+    }
+}
