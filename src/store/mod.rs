@@ -6,6 +6,7 @@
 //! of its queues and its own index directory `index/<shard>/`. A [`CommitLogOffset`] carries
 //! the shard in its high bits, so every stored offset resolves to one record.
 
+pub mod commitlog;
 pub mod config;
 pub mod dma;
 pub mod error;

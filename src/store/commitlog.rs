@@ -1,0 +1,935 @@
+//! One shard's commitlog: preallocated segment files `commitlog/<shard>/<20-digit position>`
+//! written with DMA (`O_DIRECT`), an in-memory tail cache, and a flusher task.
+//!
+//! Invariants (one writer: the shard's executor; no borrow is held across an await):
+//! - `durable <= flushed <= written`. `written` is the end of the last appended record;
+//!   `flushed` the end of what DMA writes have completed; `durable` what `fdatasync` covered.
+//! - The tail cache holds every byte at or past `align_down(flushed)`: the flusher rewrites the
+//!   partial last page from it, and reads of unflushed data are served from it. Older cached
+//!   bytes are evicted past `tail_cache_bytes`.
+//! - Records never span segments: a record that does not fit (`len + 8 > remaining`) is
+//!   preceded by an 8-byte blank record (reference §5.2) and starts the next segment.
+//! - `ASYNC_FLUSH` appends complete at `written`; `SYNC_FLUSH` appends at `durable`, and one
+//!   flush round (writes + one `fdatasync`) covers every append waiting (group commit).
+
+use std::cell::{Cell, RefCell};
+use std::collections::VecDeque;
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use bytes::{BufMut, Bytes, BytesMut};
+use glommio::io::{DmaFile, OpenOptions};
+
+use super::config::{FlushDiskType, StoreConfig};
+use super::dma::{align_down, align_up};
+use super::error::{io_err, Result, StoreError};
+use super::notify::Notify;
+use super::offset::{file_name, parse_file_name, CommitLogOffset, ShardId};
+use crate::message::record::{self, RecordMeta, RecordView, BLANK_MAGIC};
+
+/// One preallocated segment file.
+pub struct Segment {
+    /// Shard-local position of the segment's first byte (also its file name).
+    pub base: u64,
+    pub file: Rc<DmaFile>,
+    pub path: PathBuf,
+}
+
+/// Recently written bytes, as runs of whole records keyed by their position.
+#[derive(Default)]
+struct TailCache {
+    runs: VecDeque<(u64, Bytes)>,
+    bytes: u64,
+}
+
+impl TailCache {
+    fn push(&mut self, pos: u64, b: Bytes) {
+        self.bytes += b.len() as u64;
+        self.runs.push_back((pos, b));
+    }
+
+    #[cfg(test)]
+    fn start(&self) -> Option<u64> {
+        self.runs.front().map(|r| r.0)
+    }
+
+    /// `len` bytes at `pos` if one cached run holds all of them.
+    fn get(&self, pos: u64, len: usize) -> Option<Bytes> {
+        let i = self.runs.partition_point(|r| r.0 <= pos).checked_sub(1)?;
+        let (start, b) = self.runs.get(i)?;
+        let off = (pos - start) as usize;
+        (off + len <= b.len()).then(|| b.slice(off..off + len))
+    }
+
+    /// Copies cached bytes of `[pos, pos + dst.len())` into `dst`; gaps become zeros.
+    fn copy_into(&self, pos: u64, dst: &mut [u8]) {
+        dst.fill(0);
+        let end = pos + dst.len() as u64;
+        let first = self.runs.partition_point(|r| r.0 + r.1.len() as u64 <= pos);
+        for (start, b) in self.runs.range(first..) {
+            if *start >= end {
+                break;
+            }
+            let from = pos.max(*start);
+            let to = end.min(start + b.len() as u64);
+            dst[(from - pos) as usize..(to - pos) as usize]
+                .copy_from_slice(&b[(from - start) as usize..(to - start) as usize]);
+        }
+    }
+
+    /// End of the cached data that lies below `limit`.
+    fn data_end_below(&self, limit: u64) -> Option<u64> {
+        let i = self.runs.partition_point(|r| r.0 < limit).checked_sub(1)?;
+        self.runs
+            .get(i)
+            .map(|(s, b)| (s + b.len() as u64).min(limit))
+    }
+
+    /// Drops whole runs ending at or before `keep_from` while over `cap` bytes.
+    fn evict(&mut self, keep_from: u64, cap: u64) {
+        while self.bytes > cap {
+            match self.runs.front() {
+                Some((s, b)) if s + b.len() as u64 <= keep_from => {
+                    self.bytes -= b.len() as u64;
+                    self.runs.pop_front();
+                }
+                _ => break,
+            }
+        }
+    }
+}
+
+struct WriteState {
+    written: u64,
+    flushed: u64,
+    durable: u64,
+    cache: TailCache,
+    /// Encode buffer; appended runs are split off it and frozen into the cache.
+    chunk: BytesMut,
+    /// A failed flush: the shard refuses further writes instead of acknowledging lost data.
+    error: Option<String>,
+    closing: bool,
+    /// STORETIMESTAMP of the last durable record, for the checkpoint.
+    durable_store_ts: i64,
+    written_store_ts: i64,
+}
+
+/// Where one appended record landed.
+#[derive(Debug, Clone)]
+pub struct Appended {
+    pub offset: CommitLogOffset,
+    pub size: u32,
+    /// The encoded record, shared with the tail cache.
+    pub record: Bytes,
+}
+
+/// What the caller asks to append; the commitlog fills PHYSICALOFFSET and STORETIMESTAMP.
+pub struct AppendItem<'a> {
+    pub meta: RecordMeta,
+    pub body: &'a [u8],
+    pub topic: &'a [u8],
+    pub properties: &'a [u8],
+}
+
+/// A shard's commitlog. Lives on one executor (`Rc`).
+pub struct CommitLog {
+    shard: ShardId,
+    dir: PathBuf,
+    seg_size: u64,
+    cfg: StoreConfig,
+    segments: RefCell<Vec<Rc<Segment>>>,
+    st: RefCell<WriteState>,
+    /// Signalled whenever written, flushed, durable, error or closing change.
+    changed: Notify,
+    /// A segment being created ahead of need.
+    next_segment: RefCell<Option<glommio::task::JoinHandle<Result<Rc<Segment>>>>>,
+    /// Bytes written by the flusher, for stats.
+    bytes_flushed: Cell<u64>,
+}
+
+/// Result of opening (and possibly recovering) a commitlog.
+pub struct OpenedLog {
+    pub log: Rc<CommitLog>,
+    /// Position the recovery scan started at (equal to the end on a clean open).
+    pub scanned_from: u64,
+}
+
+async fn blocking<R: Send + 'static>(f: impl FnOnce() -> R + Send + 'static) -> R {
+    glommio::executor().spawn_blocking(f).await
+}
+
+/// Lists `dir`'s entries whose names parse with `parse`, sorted. Runs off the executor.
+pub async fn list_numbered(dir: &Path, parse: fn(&str) -> Option<u64>) -> Result<Vec<u64>> {
+    let d = dir.to_path_buf();
+    blocking(move || -> Result<Vec<u64>> {
+        let mut out = Vec::new();
+        let rd = match std::fs::read_dir(&d) {
+            Ok(rd) => rd,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
+            Err(e) => return Err(io_err("listing", &d)(e)),
+        };
+        for ent in rd {
+            let ent = ent.map_err(io_err("listing", &d))?;
+            match ent.file_name().to_str().and_then(parse) {
+                Some(v) => out.push(v),
+                None => log::warn!(
+                    "ignoring unexpected file {} in {}",
+                    ent.file_name().to_string_lossy(),
+                    d.display()
+                ),
+            }
+        }
+        out.sort_unstable();
+        Ok(out)
+    })
+    .await
+}
+
+pub async fn create_dir_all(dir: &Path) -> Result<()> {
+    let d = dir.to_path_buf();
+    blocking(move || std::fs::create_dir_all(&d).map_err(io_err("creating directory", &d))).await
+}
+
+async fn open_segment(dir: &Path, base: u64, size: u64, create: bool) -> Result<Rc<Segment>> {
+    let path = dir.join(file_name(base));
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(create)
+        .dma_open(&path)
+        .await
+        .map_err(io_err("opening segment", &path))?;
+    if create {
+        let cur = file
+            .file_size()
+            .await
+            .map_err(io_err("sizing segment", &path))?;
+        if cur < size {
+            // Preallocated so writes never extend the file (no metadata in fdatasync).
+            file.pre_allocate(size, false)
+                .await
+                .map_err(io_err("preallocating segment", &path))?;
+        }
+    }
+    Ok(Rc::new(Segment {
+        base,
+        file: Rc::new(file),
+        path,
+    }))
+}
+
+impl CommitLog {
+    pub fn shard(&self) -> ShardId {
+        self.shard
+    }
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+    pub fn segment_size(&self) -> u64 {
+        self.seg_size
+    }
+    pub fn written(&self) -> u64 {
+        self.st.borrow().written
+    }
+    pub fn flushed(&self) -> u64 {
+        self.st.borrow().flushed
+    }
+    pub fn durable(&self) -> u64 {
+        self.st.borrow().durable
+    }
+    pub fn durable_store_ts(&self) -> i64 {
+        self.st.borrow().durable_store_ts
+    }
+    pub fn bytes_flushed(&self) -> u64 {
+        self.bytes_flushed.get()
+    }
+    /// First position still stored.
+    pub fn min_pos(&self) -> u64 {
+        let segs = self.segments.borrow();
+        segs.first()
+            .map(|s| s.base)
+            .unwrap_or_else(|| self.written())
+    }
+    /// Segments currently on disk (for retention and stats).
+    pub fn segments(&self) -> Vec<Rc<Segment>> {
+        self.segments.borrow().clone()
+    }
+
+    /// Opens the shard's log. `start_pos` is the checkpointed end; with `recover_from` set,
+    /// the log is scanned from the start of the segment holding that position, each record
+    /// is verified and handed to `visit`, and a torn or corrupt tail is truncated.
+    pub async fn open(
+        shard: ShardId,
+        cfg: &StoreConfig,
+        start_pos: Option<u64>,
+        recover_from: Option<u64>,
+        visit: &mut dyn FnMut(u64, &RecordView<'_>, &Bytes),
+    ) -> Result<OpenedLog> {
+        let dir = cfg.commitlog_dir.join(shard.index().to_string());
+        create_dir_all(&dir).await?;
+        let seg_size = cfg.segment_size;
+        let bases = list_numbered(&dir, parse_file_name).await?;
+        let mut segments = Vec::with_capacity(bases.len());
+        for b in bases {
+            if b % seg_size != 0 {
+                return Err(StoreError::Corruption {
+                    file: dir.join(file_name(b)),
+                    offset: 0,
+                    reason: format!(
+                        "segment name is not a multiple of mappedFileSizeCommitLog {seg_size} \
+                         (was the segment size changed?)"
+                    ),
+                });
+            }
+            segments.push(open_segment(&dir, b, seg_size, false).await?);
+        }
+        let log = Rc::new(CommitLog {
+            shard,
+            dir,
+            seg_size,
+            cfg: cfg.clone(),
+            segments: RefCell::new(segments),
+            st: RefCell::new(WriteState {
+                written: 0,
+                flushed: 0,
+                durable: 0,
+                cache: TailCache::default(),
+                chunk: BytesMut::new(),
+                error: None,
+                closing: false,
+                durable_store_ts: 0,
+                written_store_ts: 0,
+            }),
+            changed: Notify::default(),
+            next_segment: RefCell::new(None),
+            bytes_flushed: Cell::new(0),
+        });
+        let (first, last_end) = {
+            let segs = log.segments.borrow();
+            (
+                segs.first().map(|s| s.base),
+                segs.last().map(|s| s.base + seg_size),
+            )
+        };
+        let (end, scanned_from) = match (first, recover_from, start_pos) {
+            (None, _, cp) => {
+                // Nothing on disk: never reuse offsets a checkpoint says were handed out.
+                let p = cp.unwrap_or(0).div_ceil(seg_size) * seg_size;
+                (p, p)
+            }
+            (Some(first), None, Some(cp)) => {
+                let end = cp.clamp(first, last_end.unwrap_or(first));
+                (end, end)
+            }
+            (Some(first), rf, _) => {
+                let from = rf.unwrap_or(first).max(first);
+                let from = from / seg_size * seg_size;
+                (log.recover(from, visit).await?, from)
+            }
+        };
+        log.reset_tail(end).await?;
+        Ok(OpenedLog { log, scanned_from })
+    }
+
+    /// Makes `end` the write position: reads back its partial page into the cache so the
+    /// next DMA write rewrites that page whole.
+    async fn reset_tail(&self, end: u64) -> Result<()> {
+        let page = align_down(end);
+        let mut cache = TailCache::default();
+        if page < end {
+            if let Some(seg) = self.segment_at(page) {
+                let n = (end - page) as usize;
+                let rr = seg
+                    .file
+                    .read_at_aligned(page - seg.base, align_up(n as u64) as usize)
+                    .await
+                    .map_err(io_err("reading tail page", &seg.path))?;
+                if rr.len() < n {
+                    return Err(StoreError::Corruption {
+                        file: seg.path.clone(),
+                        offset: page - seg.base,
+                        reason: format!("short read of the tail page: {} < {n}", rr.len()),
+                    });
+                }
+                cache.push(page, Bytes::copy_from_slice(&rr[..n]));
+            }
+        }
+        let mut st = self.st.borrow_mut();
+        st.written = end;
+        st.flushed = end;
+        st.durable = end;
+        st.cache = cache;
+        Ok(())
+    }
+
+    fn segment_at(&self, pos: u64) -> Option<Rc<Segment>> {
+        let segs = self.segments.borrow();
+        let i = segs.partition_point(|s| s.base <= pos).checked_sub(1)?;
+        let s = segs.get(i)?;
+        (pos < s.base + self.seg_size).then(|| s.clone())
+    }
+
+    /// Scans from `from` (a segment base) to the last valid record; returns the end.
+    async fn recover(
+        &self,
+        from: u64,
+        visit: &mut dyn FnMut(u64, &RecordView<'_>, &Bytes),
+    ) -> Result<u64> {
+        let started = Instant::now();
+        let segs: Vec<Rc<Segment>> = self
+            .segments
+            .borrow()
+            .iter()
+            .filter(|s| s.base + self.seg_size > from)
+            .cloned()
+            .collect();
+        let window = (self.cfg.max_message_size as u64 + 64 * 1024).max(8 << 20);
+        let mut pos = from;
+        let mut records = 0u64;
+        log::info!(
+            "shard {}: recovering commitlog from position {from} ({} segment(s) to scan)",
+            self.shard,
+            segs.len()
+        );
+        'segments: for seg in &segs {
+            if pos < seg.base {
+                // A blank record sent us here, or an earlier segment ended exactly full.
+                pos = seg.base;
+            }
+            let seg_end = seg.base + self.seg_size;
+            let mut buf = Bytes::new();
+            let mut buf_pos = pos;
+            loop {
+                if pos + 8 > seg_end {
+                    // Exactly full: the next record starts the next segment.
+                    pos = seg_end;
+                    continue 'segments;
+                }
+                // Ensure the 8-byte header, then the whole record, are in the window.
+                let need_hdr = pos + 8;
+                if need_hdr > buf_pos + buf.len() as u64 {
+                    (buf, buf_pos) = self.read_window(seg, pos, window).await?;
+                }
+                let at = (pos - buf_pos) as usize;
+                let (total, magic) = record::peek_header(&buf[at..]).unwrap_or((0, 0));
+                if magic == BLANK_MAGIC && total as i64 == (seg_end - pos) as i64 {
+                    pos = seg_end;
+                    continue 'segments;
+                }
+                let total_ok = total > 0 && (total as u64) <= seg_end - pos;
+                if total_ok && pos + total as u64 > buf_pos + buf.len() as u64 {
+                    (buf, buf_pos) = self.read_window(seg, pos, window).await?;
+                }
+                let at = (pos - buf_pos) as usize;
+                let verdict = RecordView::parse(&buf[at..])
+                    .map_err(|e| e.to_string())
+                    .and_then(|v| v.verify_crc().map(|_| v).map_err(|e| e.to_string()))
+                    .and_then(|v| {
+                        let expect = CommitLogOffset::new(self.shard, pos).as_i64();
+                        if v.meta.physical_offset == expect {
+                            Ok(v)
+                        } else {
+                            Err(format!(
+                                "PHYSICALOFFSET {} is not this position ({expect})",
+                                v.meta.physical_offset
+                            ))
+                        }
+                    });
+                match verdict {
+                    Ok(v) => {
+                        let whole = buf.slice(at..at + v.total_size);
+                        visit(pos, &v, &whole);
+                        pos += v.total_size as u64;
+                        records += 1;
+                    }
+                    Err(reason) => {
+                        let all_zero = buf[at..].iter().take(8).all(|b| *b == 0);
+                        if !all_zero {
+                            log::warn!(
+                                "shard {}: commitlog {} offset {}: invalid record ({reason}); \
+                                 truncating the log at position {pos}",
+                                self.shard,
+                                seg.path.display(),
+                                pos - seg.base
+                            );
+                        }
+                        self.truncate_after(seg, pos).await?;
+                        break 'segments;
+                    }
+                }
+            }
+        }
+        log::info!(
+            "shard {}: commitlog recovered: {records} record(s) verified, end at {pos}, in {:?}",
+            self.shard,
+            started.elapsed()
+        );
+        Ok(pos)
+    }
+
+    async fn read_window(&self, seg: &Segment, pos: u64, window: u64) -> Result<(Bytes, u64)> {
+        let start = align_down(pos);
+        let end = (start + window).min(seg.base + self.seg_size);
+        let rr = seg
+            .file
+            .read_at_aligned(start - seg.base, (end - start) as usize)
+            .await
+            .map_err(io_err("reading segment", &seg.path))?;
+        Ok((Bytes::copy_from_slice(&rr), start))
+    }
+
+    /// After a torn or corrupt tail at `pos` in `seg`: zero the region a lost flush round
+    /// could have touched (so stale records cannot reappear after a later crash) and drop
+    /// later segments, which can only hold data from beyond the truncation.
+    async fn truncate_after(&self, seg: &Rc<Segment>, pos: u64) -> Result<()> {
+        let seg_end = seg.base + self.seg_size;
+        let page = align_down(pos);
+        let dirty = self.cfg.max_unflushed_bytes + 4 * self.cfg.max_write_bytes;
+        let end = align_up(pos + dirty).min(seg_end);
+        let keep = (pos - page) as usize;
+        let head = if keep > 0 {
+            let rr = seg
+                .file
+                .read_at_aligned(page - seg.base, 4096)
+                .await
+                .map_err(io_err("reading tail page", &seg.path))?;
+            rr.get(..keep).map(<[u8]>::to_vec).unwrap_or_default()
+        } else {
+            Vec::new()
+        };
+        let mut p = page;
+        while p < end {
+            let n = (end - p).min(self.cfg.max_write_bytes);
+            let mut buf = seg.file.alloc_dma_buffer(n as usize);
+            buf.as_bytes_mut().fill(0);
+            if p == page {
+                buf.as_bytes_mut()[..head.len()].copy_from_slice(&head);
+            }
+            seg.file
+                .write_at(buf, p - seg.base)
+                .await
+                .map_err(io_err("zeroing torn tail", &seg.path))?;
+            p += n;
+        }
+        seg.file
+            .fdatasync()
+            .await
+            .map_err(io_err("syncing segment", &seg.path))?;
+        let later: Vec<Rc<Segment>> = {
+            let mut segs = self.segments.borrow_mut();
+            let i = segs.partition_point(|s| s.base <= seg.base);
+            segs.split_off(i)
+        };
+        for s in later {
+            log::warn!(
+                "shard {}: removing segment {} past the truncated tail",
+                self.shard,
+                s.path.display()
+            );
+            s.file
+                .remove()
+                .await
+                .map_err(io_err("removing segment", &s.path))?;
+        }
+        Ok(())
+    }
+
+    /// Waits while the unflushed tail is over its cap (ASYNC_FLUSH backpressure).
+    pub async fn wait_for_room(&self) -> Result<()> {
+        let cap = self.cfg.max_unflushed_bytes;
+        self.changed
+            .wait_until(|| {
+                let st = self.st.borrow();
+                st.written - st.flushed < cap || st.error.is_some() || st.closing
+            })
+            .await;
+        self.check_writable()
+    }
+
+    fn check_writable(&self) -> Result<()> {
+        let st = self.st.borrow();
+        if let Some(e) = &st.error {
+            return Err(StoreError::FlushFailed(e.clone()));
+        }
+        if st.closing {
+            return Err(StoreError::Closed);
+        }
+        Ok(())
+    }
+
+    /// Appends records at the tail, synchronously (no await): they are readable at once and
+    /// durable after the flusher's next round. `store_ts` becomes every STORETIMESTAMP.
+    pub fn append(&self, items: &[AppendItem<'_>], store_ts: i64) -> Result<Vec<Appended>> {
+        self.check_writable()?;
+        // Validate every item first so a bad one leaves the log untouched.
+        for it in items {
+            if it.topic.len() > i16::MAX as usize || it.properties.len() > i16::MAX as usize {
+                return Err(StoreError::BadMessage(format!(
+                    "topic ({} bytes) or properties ({} bytes) over 32767 bytes",
+                    it.topic.len(),
+                    it.properties.len()
+                )));
+            }
+        }
+        let mut guard = self.st.borrow_mut();
+        let st = &mut *guard;
+        let mut out = Vec::with_capacity(items.len());
+        let mut run_start = st.written;
+        for it in items {
+            let len = record::encoded_len(
+                it.body.len(),
+                it.topic.len(),
+                it.properties.len(),
+                &it.meta.born_host,
+                &self.cfg.store_host,
+            ) as u64;
+            let seg_end = (st.written / self.seg_size + 1) * self.seg_size;
+            if len + 8 > seg_end - st.written {
+                // Blank record, then the record opens the next segment (reference §5.2).
+                st.chunk.reserve(8);
+                st.chunk.put_i32((seg_end - st.written) as i32);
+                st.chunk.put_i32(BLANK_MAGIC);
+                st.written = seg_end;
+                let run = st.chunk.split().freeze();
+                st.cache.push(run_start, run);
+                run_start = seg_end;
+            }
+            let pos = st.written;
+            let meta = RecordMeta {
+                physical_offset: CommitLogOffset::new(self.shard, pos).as_i64(),
+                store_timestamp: store_ts,
+                store_host: self.cfg.store_host,
+                ..it.meta
+            };
+            if st.chunk.capacity() - st.chunk.len() < len as usize {
+                st.chunk.reserve((len as usize).max(1 << 20));
+            }
+            record::encode(&mut st.chunk, &meta, it.body, it.topic, it.properties)
+                .map_err(|e| StoreError::BadMessage(e.to_string()))?;
+            st.written += len;
+            out.push((pos, len));
+        }
+        let run = st.chunk.split().freeze();
+        let run_len = run.len() as u64;
+        if run_len > 0 {
+            st.cache.push(run_start, run.clone());
+        }
+        st.written_store_ts = store_ts;
+        drop(guard);
+        self.changed.notify_all();
+        // Every record lies in the last run unless a blank split it; resolve from the cache.
+        let st = self.st.borrow();
+        Ok(out
+            .into_iter()
+            .map(|(pos, len)| Appended {
+                offset: CommitLogOffset::new(self.shard, pos),
+                size: len as u32,
+                // Just pushed, so always cached; empty only if that invariant broke.
+                record: st.cache.get(pos, len as usize).unwrap_or_default(),
+            })
+            .collect())
+    }
+
+    /// Waits until everything below `end` is durable (SYNC_FLUSH acknowledgement).
+    pub async fn wait_durable(&self, end: u64) -> Result<()> {
+        let timeout = Duration::from_millis(self.cfg.sync_flush_timeout_ms);
+        let wait = self.changed.wait_until(|| {
+            let st = self.st.borrow();
+            st.durable >= end || st.error.is_some() || st.closing
+        });
+        if glommio::timer::timeout(timeout, async {
+            wait.await;
+            Ok(())
+        })
+        .await
+        .is_err()
+        {
+            return Err(StoreError::FlushTimeout(self.cfg.sync_flush_timeout_ms));
+        }
+        let st = self.st.borrow();
+        if st.durable >= end {
+            return Ok(());
+        }
+        if let Some(e) = &st.error {
+            return Err(StoreError::FlushFailed(e.clone()));
+        }
+        Err(StoreError::Closed)
+    }
+
+    /// Reads `len` bytes at shard position `pos`: from the tail cache when there, else with an
+    /// aligned DMA read of the segment.
+    pub async fn read(&self, pos: u64, len: usize) -> Result<Bytes> {
+        if let Some(b) = self.st.borrow().cache.get(pos, len) {
+            return Ok(b);
+        }
+        let flushed = self.st.borrow().flushed;
+        let seg = match self.segment_at(pos) {
+            Some(s) if pos + len as u64 <= flushed.max(s.base) => s,
+            _ => {
+                return Err(StoreError::OffsetNotFound(
+                    CommitLogOffset::new(self.shard, pos).to_string(),
+                ))
+            }
+        };
+        if pos + len as u64 > seg.base + self.seg_size {
+            return Err(StoreError::OffsetNotFound(format!(
+                "{} (+{len} crosses a segment end)",
+                CommitLogOffset::new(self.shard, pos)
+            )));
+        }
+        let rr = seg
+            .file
+            .read_at(pos - seg.base, len)
+            .await
+            .map_err(io_err("reading segment", &seg.path))?;
+        if rr.len() < len {
+            return Err(StoreError::Corruption {
+                file: seg.path.clone(),
+                offset: pos - seg.base,
+                reason: format!("short read: {} of {len} bytes", rr.len()),
+            });
+        }
+        Ok(Bytes::copy_from_slice(&rr[..len]))
+    }
+
+    /// Path and in-segment offset of a position (for error messages).
+    pub fn locate(&self, pos: u64) -> (PathBuf, u64) {
+        match self.segment_at(pos) {
+            Some(s) => (s.path.clone(), pos - s.base),
+            None => (
+                self.dir
+                    .join(file_name(pos / self.seg_size * self.seg_size)),
+                0,
+            ),
+        }
+    }
+
+    /// Gets (creating and preallocating if needed) the segment starting at `base`, and starts
+    /// creating the one after it in the background.
+    async fn segment_for_write(&self, base: u64) -> Result<Rc<Segment>> {
+        if let Some(s) = self.segment_at(base) {
+            return Ok(s);
+        }
+        let pending = self.next_segment.borrow_mut().take();
+        let seg = match pending {
+            Some(h) => match h.await {
+                Some(Ok(s)) if s.base == base => s,
+                _ => open_segment(&self.dir, base, self.seg_size, true).await?,
+            },
+            None => open_segment(&self.dir, base, self.seg_size, true).await?,
+        };
+        {
+            let mut segs = self.segments.borrow_mut();
+            let i = segs.partition_point(|s| s.base < base);
+            segs.insert(i, seg.clone());
+        }
+        let dir = self.dir.clone();
+        let (next, size) = (base + self.seg_size, self.seg_size);
+        let h = glommio::spawn_local(async move { open_segment(&dir, next, size, true).await })
+            .detach();
+        *self.next_segment.borrow_mut() = Some(h);
+        Ok(seg)
+    }
+
+    /// Writes `[align_down(flushed), target)` with DMA, in pieces of at most
+    /// `max_write_bytes`, all in flight at once. Returns the segments touched.
+    async fn write_through(&self, target: u64) -> Result<Vec<Rc<Segment>>> {
+        let mut p = align_down(self.st.borrow().flushed);
+        let mut tasks = Vec::new();
+        let mut touched: Vec<Rc<Segment>> = Vec::new();
+        while p < target {
+            let seg_base = p / self.seg_size * self.seg_size;
+            let seg_end = seg_base + self.seg_size;
+            // Past a blank record the rest of the segment holds no data: skip it.
+            let data_end = self
+                .st
+                .borrow()
+                .cache
+                .data_end_below(seg_end.min(target))
+                .unwrap_or(p);
+            if data_end <= p {
+                p = seg_end;
+                continue;
+            }
+            let q = data_end.min(p + self.cfg.max_write_bytes);
+            let seg = self.segment_for_write(seg_base).await?;
+            if touched.last().map(|s| s.base) != Some(seg.base) {
+                touched.push(seg.clone());
+            }
+            let len = align_up(q - p) as usize;
+            let mut buf = seg.file.alloc_dma_buffer(len);
+            self.st.borrow().cache.copy_into(p, buf.as_bytes_mut());
+            let file = seg.file.clone();
+            let path = seg.path.clone();
+            let at = p - seg.base;
+            tasks.push(glommio::spawn_local(async move {
+                let n = file
+                    .write_at(buf, at)
+                    .await
+                    .map_err(io_err("writing segment", &path))?;
+                if n < len {
+                    return Err(StoreError::Io {
+                        op: "writing segment",
+                        path,
+                        source: std::io::Error::new(
+                            std::io::ErrorKind::WriteZero,
+                            format!("short write {n} of {len}"),
+                        ),
+                    });
+                }
+                Ok(len as u64)
+            }));
+            p = q;
+        }
+        let mut first_err = None;
+        for t in tasks {
+            match t.await {
+                Ok(n) => self.bytes_flushed.set(self.bytes_flushed.get() + n),
+                Err(e) => {
+                    first_err.get_or_insert(e);
+                }
+            }
+        }
+        match first_err {
+            Some(e) => Err(e),
+            None => Ok(touched),
+        }
+    }
+
+    /// The flusher: runs until [`CommitLog::close`]. One round = DMA writes of everything
+    /// written so far, then (SYNC_FLUSH, or the interval elapsed) one fdatasync per segment.
+    pub async fn run_flusher(self: Rc<Self>) {
+        let interval = Duration::from_millis(self.cfg.flush_interval_ms.max(1));
+        let sync_mode = self.cfg.flush_disk_type == FlushDiskType::SyncFlush;
+        let mut last_sync = Instant::now();
+        let mut unsynced: Vec<Rc<Segment>> = Vec::new();
+        loop {
+            if sync_mode {
+                self.changed
+                    .wait_until(|| {
+                        let st = self.st.borrow();
+                        st.written > st.durable || st.closing
+                    })
+                    .await;
+            } else {
+                let left = interval.saturating_sub(last_sync.elapsed());
+                let trigger = self.cfg.flush_trigger_bytes;
+                futures_lite::future::or(
+                    self.changed.wait_until(|| {
+                        let st = self.st.borrow();
+                        st.written - st.flushed >= trigger || st.closing
+                    }),
+                    glommio::timer::sleep(left),
+                )
+                .await;
+            }
+            let (target, closing, store_ts) = {
+                let st = self.st.borrow();
+                (st.written, st.closing, st.written_store_ts)
+            };
+            let result = async {
+                if target > self.st.borrow().flushed {
+                    for s in self.write_through(target).await? {
+                        if !unsynced.iter().any(|u| u.base == s.base) {
+                            unsynced.push(s);
+                        }
+                    }
+                    let mut st = self.st.borrow_mut();
+                    st.flushed = target;
+                    let keep_from = align_down(target);
+                    let cap = self.cfg.tail_cache_bytes;
+                    st.cache.evict(keep_from, cap);
+                }
+                let due = sync_mode || closing || last_sync.elapsed() >= interval;
+                if due && self.st.borrow().durable < target {
+                    for s in unsynced.drain(..) {
+                        s.file
+                            .fdatasync()
+                            .await
+                            .map_err(io_err("syncing segment", &s.path))?;
+                    }
+                    let mut st = self.st.borrow_mut();
+                    st.durable = target;
+                    st.durable_store_ts = store_ts;
+                }
+                if due {
+                    last_sync = Instant::now();
+                }
+                Ok::<(), StoreError>(())
+            }
+            .await;
+            if let Err(e) = result {
+                log::error!(
+                    "shard {}: commitlog flush failed, refusing further writes: {e}",
+                    self.shard
+                );
+                self.st.borrow_mut().error = Some(e.to_string());
+                self.changed.notify_all();
+                return;
+            }
+            self.changed.notify_all();
+            let st = self.st.borrow();
+            if st.closing && st.durable >= st.written {
+                return;
+            }
+        }
+    }
+
+    /// Stops accepting appends and waits for the flusher to make everything durable.
+    pub async fn close(&self) -> Result<()> {
+        self.st.borrow_mut().closing = true;
+        self.changed.notify_all();
+        self.changed
+            .wait_until(|| {
+                let st = self.st.borrow();
+                st.durable >= st.written || st.error.is_some()
+            })
+            .await;
+        if let Some(e) = &self.st.borrow().error {
+            return Err(StoreError::FlushFailed(e.clone()));
+        }
+        Ok(())
+    }
+
+    /// Removes the oldest segment if it is not the active one; returns its path.
+    pub fn detach_oldest(&self) -> Option<Rc<Segment>> {
+        let written = self.written();
+        let mut segs = self.segments.borrow_mut();
+        let first = segs.first()?;
+        // The active segment (holding `written`) and anything after it stay.
+        if first.base + self.seg_size > written || segs.len() < 2 {
+            return None;
+        }
+        Some(segs.remove(0))
+    }
+
+    /// Signal used by waiters on flush progress.
+    pub fn changed(&self) -> &Notify {
+        &self.changed
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tail_cache_get_copy_and_evict() {
+        let mut c = TailCache::default();
+        c.push(100, Bytes::from_static(b"abcdef"));
+        c.push(106, Bytes::from_static(b"ghij"));
+        c.push(200, Bytes::from_static(b"zz"));
+        assert_eq!(c.get(101, 3).unwrap(), &b"bcd"[..]);
+        assert_eq!(c.get(106, 4).unwrap(), &b"ghij"[..]);
+        assert!(c.get(104, 4).is_none(), "spans two runs");
+        assert!(c.get(99, 1).is_none());
+        let mut dst = [9u8; 12];
+        c.copy_into(98, &mut dst);
+        assert_eq!(&dst, b"\0\0abcdefghij");
+        assert_eq!(c.data_end_below(150), Some(110));
+        assert_eq!(c.data_end_below(201), Some(201));
+        c.evict(110, 2);
+        assert_eq!(c.start(), Some(200));
+    }
+}
