@@ -8,9 +8,11 @@
 
 pub mod commitlog;
 pub mod config;
+pub mod consume_queue;
 pub mod dma;
 pub mod error;
 pub mod format;
+pub mod index;
 pub mod notify;
 pub mod offset;
 
