@@ -147,6 +147,10 @@ impl ConsumeQueue {
     pub fn max_offset(&self) -> u64 {
         self.max.get()
     }
+    /// The next queue offset an append gets.
+    pub fn next_offset(&self) -> u64 {
+        self.next.get()
+    }
     /// Hands out `n` consecutive queue offsets for an append; returns the first.
     pub fn assign(&self, n: u64) -> u64 {
         let first = self.next.get();

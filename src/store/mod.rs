@@ -15,7 +15,11 @@ pub mod format;
 pub mod index;
 pub mod notify;
 pub mod offset;
+pub mod runtime;
+pub mod shard;
 
 pub use config::{FlushDiskType, StoreConfig};
 pub use error::{Result, StoreError};
 pub use offset::{CommitLogOffset, ShardId};
+pub use runtime::Store;
+pub use shard::{GetResult, GetStatus, PutMessage, PutResult, RetentionReport, ShardStats};

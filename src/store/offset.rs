@@ -10,7 +10,7 @@ pub const MAX_SHARDS: usize = 128;
 const POS_MASK: u64 = (1 << SHARD_SHIFT) - 1;
 
 /// Index of a store shard (one glommio executor).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
 pub struct ShardId(u8);
 
 impl ShardId {

@@ -1,0 +1,453 @@
+//! Starting and stopping a multi-shard store, and a `Send` handle to it.
+//!
+//! [`Store::open`] runs on a plain thread (not an executor): it takes the `lock` file, notes
+//! whether `abort` survived the last run (an unclean stop), reads the checkpoint, then starts
+//! one glommio executor per shard, pinned, each opening (and if needed recovering) its
+//! [`ShardStore`]. Requests reach a shard as closures over a flume channel and run as tasks on
+//! its executor; replies come back on a one-shot channel, so the handle works from executors
+//! and plain threads alike.
+
+use std::fs::File;
+use std::future::Future;
+use std::io::{Read, Seek, Write};
+use std::os::unix::io::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::rc::Rc;
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+
+use super::config::StoreConfig;
+use super::error::{io_err, Result, StoreError};
+use super::format::{Checkpoint, ShardCheckpoint};
+use super::offset::{CommitLogOffset, ShardId};
+use super::shard::{
+    shard_of, GetResult, PutMessage, PutResult, RetentionReport, ShardStats, ShardStore,
+};
+
+type Job = Box<dyn FnOnce(Rc<ShardStore>) -> Pin<Box<dyn Future<Output = ()>>> + Send>;
+
+enum Msg {
+    Job(Job),
+    Close(flume::Sender<Result<()>>),
+}
+
+struct Inner {
+    cfg: StoreConfig,
+    shards: Vec<flume::Sender<Msg>>,
+    threads: Mutex<Vec<std::thread::JoinHandle<()>>>,
+    lock: Mutex<Option<File>>,
+    root: PathBuf,
+    closed: Mutex<bool>,
+    recovered: bool,
+}
+
+/// A handle to an open store. Cheap to clone, `Send + Sync`.
+#[derive(Clone)]
+pub struct Store {
+    inner: Arc<Inner>,
+}
+
+/// Takes an exclusive `flock` on `<root>/lock` and writes our pid into it.
+fn take_lock(root: &Path) -> Result<File> {
+    let path = root.join("lock");
+    let mut f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .map_err(io_err("opening", &path))?;
+    // SAFETY: flock on an fd we own; no memory is involved.
+    let rc = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    if rc != 0 {
+        let mut holder = String::new();
+        let _ = f.read_to_string(&mut holder);
+        let pid = holder
+            .lines()
+            .find_map(|l| l.strip_prefix("pid="))
+            .unwrap_or("unknown")
+            .trim()
+            .to_string();
+        return Err(StoreError::Locked {
+            store: root.to_path_buf(),
+            pid,
+        });
+    }
+    f.set_len(0).map_err(io_err("writing", &path))?;
+    f.rewind().map_err(io_err("writing", &path))?;
+    write!(f, "lock\npid={}\n", std::process::id()).map_err(io_err("writing", &path))?;
+    Ok(f)
+}
+
+impl Store {
+    /// Opens (creating if needed) the store at `cfg.root`. Call from a plain thread.
+    pub fn open(cfg: StoreConfig) -> Result<Store> {
+        cfg.validate()?;
+        let root = cfg.root.clone();
+        for d in [&root, &root.join("config"), &cfg.commitlog_dir] {
+            std::fs::create_dir_all(d).map_err(io_err("creating directory", d))?;
+        }
+        let lock = take_lock(&root)?;
+        let abort = root.join("abort");
+        let unclean = abort.exists();
+        let cp_path = root.join("checkpoint");
+        let cp = match std::fs::read(&cp_path) {
+            Ok(b) => Checkpoint::decode(&b),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => return Err(io_err("reading", &cp_path)(e)),
+        };
+        let mut n = cfg.effective_shards();
+        if let Some(c) = &cp {
+            if !c.shards.is_empty() && c.shards.len() != n {
+                log::warn!(
+                    "store {} was created with {} shard(s); keeping that instead of {n}",
+                    root.display(),
+                    c.shards.len()
+                );
+                n = c.shards.len();
+            }
+        }
+        if unclean {
+            log::warn!(
+                "store {}: abort file found, the last stop was not clean: recovering",
+                root.display()
+            );
+        }
+        // Seed the checkpoint's header (magic, shard count); shards write their own slots.
+        let seeded = cp.clone().unwrap_or_else(|| Checkpoint {
+            shards: vec![ShardCheckpoint::default(); n],
+            ..Default::default()
+        });
+        if cp.is_none() {
+            std::fs::write(&cp_path, seeded.encode()).map_err(io_err("writing", &cp_path))?;
+        }
+        File::create(&abort).map_err(io_err("creating", &abort))?;
+        let mut senders = Vec::with_capacity(n);
+        let mut threads = Vec::with_capacity(n);
+        let (ready_tx, ready_rx) = flume::unbounded::<(usize, Result<()>)>();
+        let cores = std::thread::available_parallelism()
+            .map(|c| c.get())
+            .unwrap_or(1);
+        for i in 0..n {
+            let id = ShardId::new(i).ok_or_else(|| StoreError::Config("too many shards".into()))?;
+            let (tx, rx) = flume::unbounded::<Msg>();
+            senders.push(tx);
+            let shard_cp = cp.as_ref().and_then(|c| c.shards.get(i).copied());
+            let cfg = cfg.clone();
+            let ready = ready_tx.clone();
+            let placement = if cfg.pin_shards {
+                glommio::Placement::Fixed(i % cores)
+            } else {
+                glommio::Placement::Unbound
+            };
+            let builder = glommio::LocalExecutorBuilder::new(placement)
+                .name(&format!("shard-{i}"))
+                .io_memory(cfg.io_memory);
+            let h = builder
+                .spawn(move || async move {
+                    let shard = match ShardStore::open(id, n, cfg, shard_cp, unclean).await {
+                        Ok(s) => {
+                            let _ = ready.send((i, Ok(())));
+                            s
+                        }
+                        Err(e) => {
+                            let _ = ready.send((i, Err(e)));
+                            return;
+                        }
+                    };
+                    serve(shard, rx).await;
+                })
+                .map_err(|e| StoreError::Config(format!("starting shard {i}: {e}")))?;
+            threads.push(std::thread::spawn(move || {
+                let _ = h.join();
+            }));
+        }
+        drop(ready_tx);
+        let store = Store {
+            inner: Arc::new(Inner {
+                cfg,
+                shards: senders,
+                threads: Mutex::new(threads),
+                lock: Mutex::new(Some(lock)),
+                root,
+                closed: Mutex::new(false),
+                recovered: unclean,
+            }),
+        };
+        let mut first_err = None;
+        for _ in 0..n {
+            match ready_rx.recv() {
+                Ok((_, Ok(()))) => {}
+                Ok((i, Err(e))) => {
+                    log::error!("shard {i} failed to open: {e}");
+                    first_err.get_or_insert(e);
+                }
+                Err(_) => {
+                    first_err.get_or_insert(StoreError::Closed);
+                    break;
+                }
+            }
+        }
+        if let Some(e) = first_err {
+            // Keep `abort`: the shards that did open are closed, but the store is not clean.
+            let _ = store.close_shards();
+            return Err(e);
+        }
+        Ok(store)
+    }
+
+    /// Whether this open recovered from an unclean stop.
+    pub fn recovered(&self) -> bool {
+        self.inner.recovered
+    }
+
+    pub fn config(&self) -> &StoreConfig {
+        &self.inner.cfg
+    }
+
+    pub fn shard_count(&self) -> usize {
+        self.inner.shards.len()
+    }
+
+    /// The shard owning a queue.
+    pub fn shard_of(&self, topic: &str, queue_id: u32) -> ShardId {
+        shard_of(topic, queue_id, self.shard_count())
+    }
+
+    /// Runs `f` on `shard`'s executor and returns its result.
+    pub async fn on_shard<R, F, Fut>(&self, shard: ShardId, f: F) -> Result<R>
+    where
+        R: Send + 'static,
+        F: FnOnce(Rc<ShardStore>) -> Fut + Send + 'static,
+        Fut: Future<Output = Result<R>> + 'static,
+    {
+        let tx = self
+            .inner
+            .shards
+            .get(shard.index())
+            .ok_or(StoreError::Closed)?;
+        let (rtx, rrx) = flume::bounded::<Result<R>>(1);
+        let job: Job = Box::new(move |s: Rc<ShardStore>| {
+            Box::pin(async move {
+                let _ = rtx.send(f(s).await);
+            })
+        });
+        tx.send_async(Msg::Job(job))
+            .await
+            .map_err(|_| StoreError::Closed)?;
+        rrx.recv_async().await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// Stores messages of one queue (on its owning shard).
+    pub async fn put(&self, msgs: Vec<PutMessage>) -> Result<Vec<PutResult>> {
+        let Some(first) = msgs.first() else {
+            return Ok(Vec::new());
+        };
+        let shard = self.shard_of(&first.topic, first.queue_id);
+        self.on_shard(shard, move |s| async move { s.put(&msgs).await })
+            .await
+    }
+
+    /// Reads messages of a queue; see [`ShardStore::get_messages`].
+    pub async fn get_messages(
+        &self,
+        topic: &str,
+        queue_id: u32,
+        offset: u64,
+        max_msgs: usize,
+        tag_codes: Option<Vec<i64>>,
+    ) -> Result<GetResult> {
+        let t = topic.to_string();
+        self.on_shard(self.shard_of(topic, queue_id), move |s| async move {
+            s.get_messages(&t, queue_id, offset, max_msgs, tag_codes.as_deref())
+                .await
+        })
+        .await
+    }
+
+    /// The record at a commitlog offset, from whichever shard holds it.
+    pub async fn read_message(&self, offset: CommitLogOffset) -> Result<Bytes> {
+        self.on_shard(offset.shard(), move |s| async move {
+            s.read_message(offset).await
+        })
+        .await
+    }
+
+    /// Records of `topic` with `key` in KEYS or UNIQ_KEY, from every shard.
+    pub async fn query_by_key(
+        &self,
+        topic: &str,
+        key: &str,
+        max: usize,
+        begin: i64,
+        end: i64,
+    ) -> Result<Vec<Bytes>> {
+        let mut out = Vec::new();
+        for i in 0..self.shard_count() {
+            let (t, k) = (topic.to_string(), key.to_string());
+            let id = ShardId::new(i).ok_or(StoreError::Closed)?;
+            let mut v = self
+                .on_shard(id, move |s| async move {
+                    s.query_by_key(&t, &k, max, begin, end).await
+                })
+                .await?;
+            out.append(&mut v);
+            if out.len() >= max {
+                out.truncate(max);
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    /// (min, max) offsets of a queue.
+    pub async fn queue_range(&self, topic: &str, queue_id: u32) -> Result<(u64, u64)> {
+        let t = topic.to_string();
+        self.on_shard(self.shard_of(topic, queue_id), move |s| async move {
+            Ok(s.queue_range(&t, queue_id))
+        })
+        .await
+    }
+
+    pub async fn search_offset_by_timestamp(
+        &self,
+        topic: &str,
+        queue_id: u32,
+        ts: i64,
+    ) -> Result<u64> {
+        let t = topic.to_string();
+        self.on_shard(self.shard_of(topic, queue_id), move |s| async move {
+            s.search_offset_by_timestamp(&t, queue_id, ts).await
+        })
+        .await
+    }
+
+    pub async fn earliest_msg_store_time(&self, topic: &str, queue_id: u32) -> Result<i64> {
+        let t = topic.to_string();
+        self.on_shard(self.shard_of(topic, queue_id), move |s| async move {
+            s.earliest_msg_store_time(&t, queue_id).await
+        })
+        .await
+    }
+
+    /// Stats of every shard.
+    pub async fn stats(&self) -> Result<Vec<ShardStats>> {
+        let mut out = Vec::new();
+        for i in 0..self.shard_count() {
+            let id = ShardId::new(i).ok_or(StoreError::Closed)?;
+            out.push(self.on_shard(id, |s| async move { Ok(s.stats()) }).await?);
+        }
+        Ok(out)
+    }
+
+    /// Runs a retention pass on every shard now, whatever the hour.
+    pub async fn run_retention(&self) -> Result<RetentionReport> {
+        let mut total = RetentionReport::default();
+        for i in 0..self.shard_count() {
+            let id = ShardId::new(i).ok_or(StoreError::Closed)?;
+            let r = self
+                .on_shard(id, |s| async move { s.run_retention_pass().await })
+                .await?;
+            total.segments += r.segments;
+            total.queue_files += r.queue_files;
+            total.index_files += r.index_files;
+        }
+        Ok(total)
+    }
+
+    /// Removes a topic's queues on every shard.
+    pub async fn delete_topic(&self, topic: &str) -> Result<()> {
+        for i in 0..self.shard_count() {
+            let id = ShardId::new(i).ok_or(StoreError::Closed)?;
+            let t = topic.to_string();
+            self.on_shard(id, move |s| async move { s.delete_topic(&t).await })
+                .await?;
+        }
+        Ok(())
+    }
+
+    fn close_shards(&self) -> Result<()> {
+        let mut first_err = None;
+        for tx in &self.inner.shards {
+            let (rtx, rrx) = flume::bounded(1);
+            if tx.send(Msg::Close(rtx)).is_ok() {
+                match rrx.recv() {
+                    Ok(Err(e)) => {
+                        first_err.get_or_insert(e);
+                    }
+                    Ok(Ok(())) | Err(_) => {}
+                }
+            }
+        }
+        let threads =
+            std::mem::take(&mut *self.inner.threads.lock().unwrap_or_else(|e| e.into_inner()));
+        for t in threads {
+            let _ = t.join();
+        }
+        match first_err {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
+    /// Clean shutdown: every shard flushes and checkpoints, then `abort` is removed and the
+    /// lock released. Blocking; call from a plain thread. Idempotent.
+    pub fn shutdown(&self) -> Result<()> {
+        {
+            let mut closed = self.inner.closed.lock().unwrap_or_else(|e| e.into_inner());
+            if *closed {
+                return Ok(());
+            }
+            *closed = true;
+        }
+        let res = self.close_shards();
+        if res.is_ok() {
+            let abort = self.inner.root.join("abort");
+            std::fs::remove_file(&abort).map_err(io_err("removing", &abort))?;
+            log::info!("store {} closed cleanly", self.inner.root.display());
+        }
+        self.inner
+            .lock
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        res
+    }
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        let closed = *self.closed.lock().unwrap_or_else(|e| e.into_inner());
+        if !closed {
+            // Last handle dropped without shutdown: stop the shards so threads do not leak;
+            // `abort` stays, so the next open verifies the tail.
+            for tx in &self.shards {
+                let (rtx, rrx) = flume::bounded(1);
+                if tx.send(Msg::Close(rtx)).is_ok() {
+                    let _ = rrx.recv();
+                }
+            }
+            for t in std::mem::take(&mut *self.threads.lock().unwrap_or_else(|e| e.into_inner())) {
+                let _ = t.join();
+            }
+        }
+    }
+}
+
+async fn serve(shard: Rc<ShardStore>, rx: flume::Receiver<Msg>) {
+    while let Ok(msg) = rx.recv_async().await {
+        match msg {
+            Msg::Job(job) => {
+                glommio::spawn_local(job(shard.clone())).detach();
+            }
+            Msg::Close(reply) => {
+                let r = shard.close().await;
+                let _ = reply.send(r);
+                return;
+            }
+        }
+    }
+    let _ = shard.close().await;
+}
