@@ -5,5 +5,6 @@
 //! [`store`] the per-shard DMA commitlog, consume queues, index, checkpoint, recovery and
 //! retention.
 
+pub mod logging;
 pub mod message;
 pub mod store;

@@ -370,13 +370,50 @@ impl CommitLog {
         (pos < s.base + self.seg_size).then(|| s.clone())
     }
 
-    /// Scans from `from` (a segment base) to the last valid record; returns the end.
+    /// Scans from `from` (a segment base) to the last valid record; truncates a torn or
+    /// corrupt tail; returns the end.
     async fn recover(
         &self,
         from: u64,
         visit: &mut dyn FnMut(u64, &RecordView<'_>, &Bytes),
     ) -> Result<u64> {
         let started = Instant::now();
+        log::info!(
+            "shard {}: recovering commitlog from position {from}",
+            self.shard
+        );
+        let (end, records, bad) = self.scan(from, u64::MAX, visit).await?;
+        if let Some((seg, reason)) = bad {
+            if let Some(reason) = reason {
+                log::warn!(
+                    "shard {}: commitlog {} offset {}: invalid record ({reason}); \
+                     truncating the log at position {end}",
+                    self.shard,
+                    seg.path.display(),
+                    end - seg.base
+                );
+            }
+            self.truncate_after(&seg, end).await?;
+        }
+        log::info!(
+            "shard {}: commitlog recovered: {records} record(s) verified, end at {end}, in {:?}",
+            self.shard,
+            started.elapsed()
+        );
+        Ok(end)
+    }
+
+    /// Reads and verifies records (magic, sizes, body CRC, PHYSICALOFFSET) from `from` (a
+    /// segment base) until `to` or the first invalid record. Returns the end position, the
+    /// number of records, and where the scan stopped short: the segment, and the reason
+    /// (`None` when the stop is at never-written zeros).
+    #[allow(clippy::type_complexity)]
+    pub async fn scan(
+        &self,
+        from: u64,
+        to: u64,
+        visit: &mut dyn FnMut(u64, &RecordView<'_>, &Bytes),
+    ) -> Result<(u64, u64, Option<(Rc<Segment>, Option<String>)>)> {
         let segs: Vec<Rc<Segment>> = self
             .segments
             .borrow()
@@ -387,11 +424,7 @@ impl CommitLog {
         let window = (self.cfg.max_message_size as u64 + 64 * 1024).max(8 << 20);
         let mut pos = from;
         let mut records = 0u64;
-        log::info!(
-            "shard {}: recovering commitlog from position {from} ({} segment(s) to scan)",
-            self.shard,
-            segs.len()
-        );
+        let mut last_log = Instant::now();
         'segments: for seg in &segs {
             if pos < seg.base {
                 // A blank record sent us here, or an earlier segment ended exactly full.
@@ -401,14 +434,21 @@ impl CommitLog {
             let mut buf = Bytes::new();
             let mut buf_pos = pos;
             loop {
+                if pos >= to {
+                    break 'segments;
+                }
                 if pos + 8 > seg_end {
-                    // Exactly full: the next record starts the next segment.
                     pos = seg_end;
                     continue 'segments;
                 }
-                // Ensure the 8-byte header, then the whole record, are in the window.
-                let need_hdr = pos + 8;
-                if need_hdr > buf_pos + buf.len() as u64 {
+                if last_log.elapsed() > Duration::from_secs(5) {
+                    log::info!(
+                        "shard {}: scanning commitlog: at position {pos}, {records} record(s)",
+                        self.shard
+                    );
+                    last_log = Instant::now();
+                }
+                if pos + 8 > buf_pos + buf.len() as u64 {
                     (buf, buf_pos) = self.read_window(seg, pos, window).await?;
                 }
                 let at = (pos - buf_pos) as usize;
@@ -444,28 +484,17 @@ impl CommitLog {
                         records += 1;
                     }
                     Err(reason) => {
-                        let all_zero = buf[at..].iter().take(8).all(|b| *b == 0);
-                        if !all_zero {
-                            log::warn!(
-                                "shard {}: commitlog {} offset {}: invalid record ({reason}); \
-                                 truncating the log at position {pos}",
-                                self.shard,
-                                seg.path.display(),
-                                pos - seg.base
-                            );
-                        }
-                        self.truncate_after(seg, pos).await?;
-                        break 'segments;
+                        let zeros = buf[at..].iter().take(8).all(|b| *b == 0);
+                        return Ok((
+                            pos,
+                            records,
+                            Some((seg.clone(), (!zeros).then_some(reason))),
+                        ));
                     }
                 }
             }
         }
-        log::info!(
-            "shard {}: commitlog recovered: {records} record(s) verified, end at {pos}, in {:?}",
-            self.shard,
-            started.elapsed()
-        );
-        Ok(pos)
+        Ok((pos, records, None))
     }
 
     async fn read_window(&self, seg: &Segment, pos: u64, window: u64) -> Result<(Bytes, u64)> {

@@ -22,4 +22,13 @@ pub use config::{FlushDiskType, StoreConfig};
 pub use error::{Result, StoreError};
 pub use offset::{CommitLogOffset, ShardId};
 pub use runtime::Store;
-pub use shard::{GetResult, GetStatus, PutMessage, PutResult, RetentionReport, ShardStats};
+pub use shard::{
+    GetResult, GetStatus, PutMessage, PutResult, RetentionReport, ShardStats, VerifyReport,
+};
+
+/// Deterministic body of message `i` of queue `q`, `size` bytes: what `coremq-store append`
+/// writes, so tests and tools can check stored bytes without keeping copies.
+pub fn pattern_body(q: u32, i: u64, size: usize) -> Vec<u8> {
+    let seed = format!("q{q}-i{i}-");
+    seed.bytes().cycle().take(size.max(seed.len())).collect()
+}

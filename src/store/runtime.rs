@@ -24,6 +24,7 @@ use super::format::{Checkpoint, ShardCheckpoint};
 use super::offset::{CommitLogOffset, ShardId};
 use super::shard::{
     shard_of, GetResult, PutMessage, PutResult, RetentionReport, ShardStats, ShardStore,
+    VerifyReport,
 };
 
 type Job = Box<dyn FnOnce(Rc<ShardStore>) -> Pin<Box<dyn Future<Output = ()>>> + Send>;
@@ -353,6 +354,21 @@ impl Store {
             total.segments += r.segments;
             total.queue_files += r.queue_files;
             total.index_files += r.index_files;
+        }
+        Ok(total)
+    }
+
+    /// [`ShardStore::verify`] on every shard, merged.
+    pub async fn verify(&self) -> Result<VerifyReport> {
+        let mut total = VerifyReport::default();
+        for i in 0..self.shard_count() {
+            let id = ShardId::new(i).ok_or(StoreError::Closed)?;
+            let r = self
+                .on_shard(id, |s| async move { s.verify().await })
+                .await?;
+            total.records += r.records;
+            total.entries += r.entries;
+            total.problems.extend(r.problems);
         }
         Ok(total)
     }
