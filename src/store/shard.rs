@@ -740,7 +740,13 @@ impl ShardStore {
         }
         r.next_begin_offset = next;
         let recs = self.read_entries(&picked).await?;
-        r.queue_offsets = picked.iter().map(|p| p.0).collect();
+        if recs.len() < picked.len() {
+            // Stopped before a corrupt record: the next read starts there and reports it.
+            if let Some(p) = picked.get(recs.len()) {
+                r.next_begin_offset = p.0;
+            }
+        }
+        r.queue_offsets = picked.iter().take(recs.len()).map(|p| p.0).collect();
         r.messages = recs;
         r.status = if !r.messages.is_empty() {
             GetStatus::Found
@@ -755,7 +761,8 @@ impl ShardStore {
     }
 
     /// Reads the records of consume-queue entries, grouping nearby ones into one DMA read of
-    /// at most `read_ahead_bytes`.
+    /// at most `read_ahead_bytes`. A corrupt record is an error when it is the first one;
+    /// otherwise the records before it are returned.
     async fn read_entries(&self, picked: &[(u64, CqEntry)]) -> Result<Vec<Bytes>> {
         let mut out = Vec::with_capacity(picked.len());
         let mut i = 0;
@@ -793,7 +800,12 @@ impl ShardStore {
                     }
                     None => self.log.read(pos, e.size as usize).await?,
                 };
-                self.verify_record(pos, &rec)?;
+                if let Err(e) = self.verify_record(pos, &rec) {
+                    if out.is_empty() {
+                        return Err(e);
+                    }
+                    return Ok(out);
+                }
                 out.push(rec);
             }
             i = j;
@@ -1078,9 +1090,12 @@ impl ShardStore {
     /// Stops the shard's tasks after draining dispatch, makes commitlog, queues and index
     /// durable and writes the final checkpoint.
     pub async fn close(&self) -> Result<()> {
-        // Drain dispatch before stopping the dispatcher.
-        self.dispatch_signal
-            .wait_until(|| self.dispatch_q.borrow().is_empty())
+        // Drain dispatch before stopping the dispatcher. `arrivals` is what the dispatcher
+        // signals after each batch (it drains the queue without signalling `dispatch_signal`).
+        self.arrivals
+            .wait_until(|| {
+                self.dispatch_q.borrow().is_empty() && self.dispatched.get() >= self.log.written()
+            })
             .await;
         let log_res = self.log.close().await;
         self.closing.set(true);
@@ -1113,14 +1128,40 @@ impl ShardStore {
                 ),
             );
         };
-        let (end, records, bad) = self.log.scan(from, to, &mut visit).await?;
-        rep.records = records;
-        if end < to {
-            let why = bad.and_then(|b| b.1).unwrap_or_else(|| "zeros".into());
+        // Scan to the end; a corrupt record whose header still gives its size is reported
+        // and skipped, so one bad record does not hide everything after it.
+        let mut corrupt: Vec<i64> = Vec::new();
+        let mut at = from;
+        loop {
+            let (end, records, bad) = self.log.scan(at, to, &mut visit).await?;
+            rep.records += records;
+            if end >= to {
+                break;
+            }
+            let why = bad.and_then(|b| b.1);
+            let skip = match (&why, self.log.read(end, 8).await) {
+                (Some(_), Ok(h)) => record::peek_header(&h).ok().and_then(|(total, magic)| {
+                    let ok = matches!(magic, record::MAGIC_V1 | record::MAGIC_V2)
+                        && total as usize >= record::MIN_RECORD_SIZE
+                        && end + total as u64 <= to;
+                    ok.then_some(total as u64)
+                }),
+                _ => None,
+            };
+            let (file, in_seg) = self.log.locate(end);
             rep.problems.push(format!(
-                "shard {}: commitlog ends at {end} before the flushed end {to}: {why}",
-                self.id
+                "shard {}: commitlog {} offset {in_seg}: {}",
+                self.id,
+                file.display(),
+                why.unwrap_or_else(|| format!("data ends before the flushed end {to}"))
             ));
+            match skip {
+                Some(total) => {
+                    corrupt.push(CommitLogOffset::new(self.id, end).as_i64());
+                    at = end + total;
+                }
+                None => break,
+            }
         }
         let log_min = CommitLogOffset::new(self.id, self.log.min_pos()).as_i64();
         let queues: Vec<Rc<ConsumeQueue>> = self
@@ -1151,6 +1192,8 @@ impl ShardStore {
                         "{}:{} offset {qo}: entry ({}, {}) but the record is at ({}, {})",
                         q.topic, q.queue_id, e.offset, e.size, got.0, got.1
                     )),
+                    // Already reported as a corrupt record.
+                    None if corrupt.contains(&e.offset) => {}
                     None => rep.problems.push(format!(
                         "{}:{} offset {qo}: entry ({}, {}) has no record in the commitlog",
                         q.topic, q.queue_id, e.offset, e.size
