@@ -146,6 +146,8 @@ pub struct CommitLog {
     next_segment: RefCell<Option<glommio::task::JoinHandle<Result<Rc<Segment>>>>>,
     /// Bytes written by the flusher, for stats.
     bytes_flushed: Cell<u64>,
+    /// Where the log starts when no segment exists yet (segments are created by the flusher).
+    empty_start: Cell<u64>,
 }
 
 /// Result of opening (and possibly recovering) a commitlog.
@@ -249,7 +251,7 @@ impl CommitLog {
         let segs = self.segments.borrow();
         segs.first()
             .map(|s| s.base)
-            .unwrap_or_else(|| self.written())
+            .unwrap_or_else(|| self.empty_start.get())
     }
     /// Segments currently on disk (for retention and stats).
     pub fn segments(&self) -> Vec<Rc<Segment>> {
@@ -304,6 +306,7 @@ impl CommitLog {
             changed: Notify::default(),
             next_segment: RefCell::new(None),
             bytes_flushed: Cell::new(0),
+            empty_start: Cell::new(0),
         });
         let (first, last_end) = {
             let segs = log.segments.borrow();
@@ -355,6 +358,7 @@ impl CommitLog {
                 cache.push(page, Bytes::copy_from_slice(&rr[..n]));
             }
         }
+        self.empty_start.set(end);
         let mut st = self.st.borrow_mut();
         st.written = end;
         st.flushed = end;

@@ -228,10 +228,7 @@ impl ConsumeQueue {
         while off < start + count {
             let base = off / self.per_file * self.per_file;
             let end = (base + self.per_file).min(start + count);
-            let f = self
-                .file_for(base, true)
-                .await?
-                .ok_or_else(|| StoreError::Closed)?;
+            let f = self.file_for(base, true).await?.ok_or(StoreError::Closed)?;
             let chunk =
                 bytes[((off - start) * ENTRY) as usize..((end - start) * ENTRY) as usize].to_vec();
             let path = self.dir.join(file_name(base * ENTRY));

@@ -15,6 +15,19 @@ pub fn is_aligned(v: u64) -> bool {
     v % ALIGN == 0
 }
 
+/// Makes glommio's per-device iopoll probe see real data.
+///
+/// glommio decides once per device whether DMA reads go to the polled ring, by reading the
+/// first block of the first file opened with `dma_open`. If that file is empty the read ends
+/// at EOF without reaching the device, the probe "succeeds", and every later DMA read on a
+/// device without poll queues (virtio, most NVMe setups) fails with EOPNOTSUPP. Opening a file
+/// that holds at least one block first makes the probe exercise the device and answer right.
+pub async fn prime_iopoll_probe(file_with_data: &std::path::Path) -> std::io::Result<()> {
+    let f = glommio::io::DmaFile::open(file_with_data).await?;
+    f.close().await?;
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -29,17 +42,4 @@ mod tests {
         assert!(is_aligned(8192));
         assert!(!is_aligned(8191));
     }
-}
-
-/// Makes glommio's per-device iopoll probe see real data.
-///
-/// glommio decides once per device whether DMA reads go to the polled ring, by reading the
-/// first block of the first file opened with `dma_open`. If that file is empty the read ends
-/// at EOF without reaching the device, the probe "succeeds", and every later DMA read on a
-/// device without poll queues (virtio, most NVMe setups) fails with EOPNOTSUPP. Opening a file
-/// that holds at least one block first makes the probe exercise the device and answer right.
-pub async fn prime_iopoll_probe(file_with_data: &std::path::Path) -> std::io::Result<()> {
-    let f = glommio::io::DmaFile::open(file_with_data).await?;
-    f.close().await?;
-    Ok(())
 }

@@ -140,7 +140,7 @@ impl IndexFile {
         let header = self.header.get();
         let io = io_err("writing index", &self.path);
         self.file
-            .write_at(entries, layout.entry_pos(first as u32))
+            .write_at(entries, layout.entry_pos(first))
             .await
             .map_err(io)?;
         slots.sort_unstable_by_key(|s| s.0);

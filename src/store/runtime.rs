@@ -389,11 +389,8 @@ impl Store {
         for tx in &self.inner.shards {
             let (rtx, rrx) = flume::bounded(1);
             if tx.send(Msg::Close(rtx)).is_ok() {
-                match rrx.recv() {
-                    Ok(Err(e)) => {
-                        first_err.get_or_insert(e);
-                    }
-                    Ok(Ok(())) | Err(_) => {}
+                if let Ok(Err(e)) = rrx.recv() {
+                    first_err.get_or_insert(e);
                 }
             }
         }

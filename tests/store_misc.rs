@@ -1,0 +1,168 @@
+//! Store behaviours: oversize messages, the lock, flush modes, tag filters, time search,
+//! batches and topic deletion.
+
+mod common;
+use bytes::Bytes;
+use common::*;
+use coremq::message::{tags_code, MessageRecord};
+use coremq::store::{FlushDiskType, GetStatus, Store, StoreError};
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+#[test]
+fn oversize_message_is_refused_and_never_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = small_config(dir.path(), 1);
+    let max = cfg.max_message_size;
+    let store = Store::open(cfg).unwrap();
+    block(store.put(vec![msg("T", 0, b"ok", "", "", "")])).unwrap();
+    let before = block(store.stats()).unwrap()[0];
+    let big = vec![7u8; max + 1];
+    match block(store.put(vec![msg("T", 0, &big, "", "", "")])) {
+        Err(StoreError::MessageTooLarge { size, max: m }) => assert_eq!((size, m), (max + 1, max)),
+        other => panic!("expected MessageTooLarge, got {other:?}"),
+    }
+    // A batch counts as one message.
+    let half = vec![1u8; max / 2 + 1];
+    let batch = vec![
+        msg("T", 0, &half, "", "", ""),
+        msg("T", 0, &half, "", "", ""),
+    ];
+    assert!(matches!(
+        block(store.put(batch)),
+        Err(StoreError::MessageTooLarge { .. })
+    ));
+    let after = block(store.stats()).unwrap()[0];
+    assert_eq!(before.written, after.written, "nothing was written");
+    assert_eq!(block(store.queue_range("T", 0)).unwrap(), (0, 1));
+    // A message of exactly the maximum is fine.
+    block(store.put(vec![msg("T", 0, &vec![3u8; max], "", "", "")])).unwrap();
+    store.shutdown().unwrap();
+}
+
+#[test]
+fn second_opener_gets_a_clear_lock_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(small_config(dir.path(), 1)).unwrap();
+    match Store::open(small_config(dir.path(), 1)) {
+        Err(e @ StoreError::Locked { .. }) => {
+            let text = e.to_string();
+            assert!(text.contains(&dir.path().display().to_string()), "{text}");
+            assert!(text.contains(&std::process::id().to_string()), "{text}");
+        }
+        Err(e) => panic!("expected Locked, got {e}"),
+        Ok(_) => panic!("a second open of a locked store succeeded"),
+    }
+    store.shutdown().unwrap();
+    // Released at shutdown.
+    Store::open(small_config(dir.path(), 1))
+        .unwrap()
+        .shutdown()
+        .unwrap();
+}
+
+#[test]
+fn sync_flush_acknowledges_durable_data_and_async_catches_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = small_config(dir.path(), 1);
+    cfg.flush_disk_type = FlushDiskType::SyncFlush;
+    let store = Store::open(cfg).unwrap();
+    for i in 0..20 {
+        let r = block(store.put(vec![msg("T", 0, format!("{i}").as_bytes(), "", "", "")])).unwrap();
+        let s = block(store.stats()).unwrap()[0];
+        assert!(
+            s.durable >= r[0].offset.pos() + r[0].size as u64,
+            "acked before durable"
+        );
+    }
+    store.shutdown().unwrap();
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = small_config(dir.path(), 1);
+    cfg.flush_interval_ms = 100;
+    let store = Store::open(cfg).unwrap();
+    let r = block(store.put(vec![msg("T", 0, b"x", "", "", "")])).unwrap();
+    let end = r[0].offset.pos() + r[0].size as u64;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while block(store.stats()).unwrap()[0].durable < end {
+        assert!(
+            Instant::now() < deadline,
+            "ASYNC_FLUSH never made the data durable"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    store.shutdown().unwrap();
+}
+
+#[test]
+fn tag_filter_time_search_batches_and_topic_deletion() {
+    let dir = tempfile::tempdir().unwrap();
+    let now = Arc::new(AtomicI64::new(1_800_000_000_000));
+    let mut cfg = small_config(dir.path(), 1);
+    let n = now.clone();
+    cfg.clock = Arc::new(move || n.load(Ordering::Relaxed));
+    let store = Store::open(cfg).unwrap();
+    for i in 0..10u32 {
+        let tag = if i % 2 == 0 { "TagA" } else { "TagB" };
+        block(store.put(vec![msg("T", 0, format!("{i}").as_bytes(), tag, "", "")])).unwrap();
+        now.fetch_add(1000, Ordering::Relaxed);
+    }
+    let a = tags_code(Some(b"TagA"));
+    let r = block(store.get_messages("T", 0, 0, 32, Some(vec![a]))).unwrap();
+    assert_eq!(r.status, GetStatus::Found);
+    assert_eq!(r.queue_offsets, vec![0, 2, 4, 6, 8]);
+    assert_eq!(r.next_begin_offset, 10);
+    let none =
+        block(store.get_messages("T", 0, 0, 32, Some(vec![tags_code(Some(b"TagZ"))]))).unwrap();
+    assert_eq!(none.status, GetStatus::NoMatchedMessage);
+    assert_eq!(none.next_begin_offset, 10);
+    // Store times are 1 s apart from the injected clock.
+    let t0 = 1_800_000_000_000;
+    assert_eq!(
+        block(store.search_offset_by_timestamp("T", 0, t0 + 3500)).unwrap(),
+        4
+    );
+    assert_eq!(
+        block(store.search_offset_by_timestamp("T", 0, 0)).unwrap(),
+        0
+    );
+    assert_eq!(
+        block(store.search_offset_by_timestamp("T", 0, i64::MAX)).unwrap(),
+        10
+    );
+    assert_eq!(block(store.earliest_msg_store_time("T", 0)).unwrap(), t0);
+    // A batch gets consecutive queue offsets, each record on its own.
+    let batch: Vec<_> = (0..5)
+        .map(|i| msg("T", 0, format!("b{i}").as_bytes(), "", "", ""))
+        .collect();
+    let r = block(store.put(batch)).unwrap();
+    assert_eq!(
+        r.iter().map(|p| p.queue_offset).collect::<Vec<_>>(),
+        vec![10, 11, 12, 13, 14]
+    );
+    let g = block(store.get_messages("T", 0, 10, 32, None)).unwrap();
+    let bodies: Vec<Bytes> = g
+        .messages
+        .iter()
+        .map(|m| MessageRecord::decode(m).unwrap().body)
+        .collect();
+    assert_eq!(
+        bodies,
+        (0..5)
+            .map(|i| Bytes::from(format!("b{i}")))
+            .collect::<Vec<_>>()
+    );
+    // Unknown queue and offsets past the end.
+    let r = block(store.get_messages("Nope", 0, 0, 32, None)).unwrap();
+    assert_eq!(r.status, GetStatus::NoMatchedLogicQueue);
+    let r = block(store.get_messages("T", 0, 99, 32, None)).unwrap();
+    assert_eq!(r.status, GetStatus::OffsetOverflowBadly);
+    // Topic deletion removes the queue and its files.
+    std::thread::sleep(Duration::from_millis(200));
+    block(store.delete_topic("T")).unwrap();
+    assert_eq!(block(store.queue_range("T", 0)).unwrap(), (0, 0));
+    let cq = dir.path().join("consumequeue/T/0");
+    assert_eq!(std::fs::read_dir(&cq).map(|d| d.count()).unwrap_or(0), 0);
+    store.shutdown().unwrap();
+}
