@@ -14,7 +14,18 @@ pub use record::{DecodeError, MessageRecord, RecordView};
 /// Java's `String.hashCode()` over UTF-16 code units, as RocketMQ uses for tag hash codes
 /// (reference §7.2) and index keys (§7.3).
 pub fn java_string_hash(s: &str) -> i32 {
-    let mut h: i32 = 0;
+    java_hash_continue(0, s)
+}
+
+/// Continues a Java string hash `h` over `s` (hashing `a + b` = continuing `hash(a)` over `b`).
+pub fn java_hash_continue(mut h: i32, s: &str) -> i32 {
+    if s.is_ascii() {
+        // ASCII bytes are their own UTF-16 code units: the common case, without re-encoding.
+        for b in s.bytes() {
+            h = h.wrapping_mul(31).wrapping_add(b as i32);
+        }
+        return h;
+    }
     for unit in s.encode_utf16() {
         h = h.wrapping_mul(31).wrapping_add(unit as i32);
     }
@@ -56,6 +67,16 @@ mod tests {
         assert_eq!(java_string_hash("TopicTest#key1"), -1655984460);
         // Non-BMP characters hash as their surrogate pair.
         assert_eq!(java_string_hash("\u{1F600}"), 0xD83D * 31 + 0xDE00);
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn hash_continues_over_concatenation(a in ".{0,20}", b in ".{0,20}") {
+            let whole = format!("{a}{b}");
+            let slow: i32 = whole.encode_utf16().fold(0i32, |h, u| h.wrapping_mul(31).wrapping_add(u as i32));
+            proptest::prop_assert_eq!(java_string_hash(&whole), slow);
+            proptest::prop_assert_eq!(java_hash_continue(java_string_hash(&a), &b), slow);
+        }
     }
 
     #[test]

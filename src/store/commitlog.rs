@@ -28,6 +28,9 @@ use super::notify::Notify;
 use super::offset::{file_name, parse_file_name, CommitLogOffset, ShardId};
 use crate::message::record::{self, RecordMeta, RecordView, BLANK_MAGIC};
 
+/// Most bytes one flush round writes.
+const ROUND_MAX: u64 = 8 << 20;
+
 /// One preallocated segment file.
 pub struct Segment {
     /// Shard-local position of the segment's first byte (also its file name).
@@ -64,18 +67,22 @@ impl TailCache {
 
     /// Copies cached bytes of `[pos, pos + dst.len())` into `dst`; gaps become zeros.
     fn copy_into(&self, pos: u64, dst: &mut [u8]) {
-        dst.fill(0);
         let end = pos + dst.len() as u64;
         let first = self.runs.partition_point(|r| r.0 + r.1.len() as u64 <= pos);
+        // Zero only what no run covers (the bytes are written, so they must be defined).
+        let mut filled = pos;
         for (start, b) in self.runs.range(first..) {
             if *start >= end {
                 break;
             }
             let from = pos.max(*start);
             let to = end.min(start + b.len() as u64);
+            dst[(filled - pos) as usize..(from - pos) as usize].fill(0);
             dst[(from - pos) as usize..(to - pos) as usize]
                 .copy_from_slice(&b[(from - start) as usize..(to - start) as usize]);
+            filled = to;
         }
+        dst[(filled - pos) as usize..].fill(0);
     }
 
     /// End of the cached data that lies below `limit`.
@@ -608,6 +615,8 @@ impl CommitLog {
         let mut guard = self.st.borrow_mut();
         let st = &mut *guard;
         let mut out = Vec::with_capacity(items.len());
+        // Records of the run being encoded: (position, length, start in the chunk).
+        let mut open: Vec<(u64, u64, usize)> = Vec::with_capacity(items.len());
         let mut run_start = st.written;
         for it in items {
             let len = record::encoded_len(
@@ -624,8 +633,7 @@ impl CommitLog {
                 st.chunk.put_i32((seg_end - st.written) as i32);
                 st.chunk.put_i32(BLANK_MAGIC);
                 st.written = seg_end;
-                let run = st.chunk.split().freeze();
-                st.cache.push(run_start, run);
+                self.seal_run(st, run_start, &mut open, &mut out);
                 run_start = seg_end;
             }
             let pos = st.written;
@@ -638,30 +646,38 @@ impl CommitLog {
             if st.chunk.capacity() - st.chunk.len() < len as usize {
                 st.chunk.reserve((len as usize).max(1 << 20));
             }
+            let at = st.chunk.len();
             record::encode(&mut st.chunk, &meta, it.body, it.topic, it.properties)
                 .map_err(|e| StoreError::BadMessage(e.to_string()))?;
             st.written += len;
-            out.push((pos, len));
+            open.push((pos, len, at));
         }
-        let run = st.chunk.split().freeze();
-        let run_len = run.len() as u64;
-        if run_len > 0 {
-            st.cache.push(run_start, run.clone());
-        }
+        self.seal_run(st, run_start, &mut open, &mut out);
         st.written_store_ts = store_ts;
         drop(guard);
         self.changed.notify_all();
-        // Every record lies in the last run unless a blank split it; resolve from the cache.
-        let st = self.st.borrow();
-        Ok(out
-            .into_iter()
-            .map(|(pos, len)| Appended {
+        Ok(out)
+    }
+
+    /// Freezes the encoded bytes into a cached run and hands out each record's slice of it.
+    fn seal_run(
+        &self,
+        st: &mut WriteState,
+        run_start: u64,
+        open: &mut Vec<(u64, u64, usize)>,
+        out: &mut Vec<Appended>,
+    ) {
+        let run = st.chunk.split().freeze();
+        for (pos, len, at) in open.drain(..) {
+            out.push(Appended {
                 offset: CommitLogOffset::new(self.shard, pos),
                 size: len as u32,
-                // Just pushed, so always cached; empty only if that invariant broke.
-                record: st.cache.get(pos, len as usize).unwrap_or_default(),
-            })
-            .collect())
+                record: run.slice(at..at + len as usize),
+            });
+        }
+        if !run.is_empty() {
+            st.cache.push(run_start, run);
+        }
     }
 
     /// Waits until everything below `end` is durable (SYNC_FLUSH acknowledgement).
@@ -796,6 +812,8 @@ impl CommitLog {
             let file = seg.file.clone();
             let path = seg.path.clone();
             let at = p - seg.base;
+            // Let appenders run between copies.
+            futures_lite::future::yield_now().await;
             tasks.push(glommio::spawn_local(async move {
                 let n = file
                     .write_at(buf, at)
@@ -857,9 +875,12 @@ impl CommitLog {
                 )
                 .await;
             }
+            // A round writes at most ROUND_MAX: a long copy into DMA buffers would keep
+            // appenders off the core; the next round follows at once.
             let (target, closing, store_ts) = {
                 let st = self.st.borrow();
-                (st.written, st.closing, st.written_store_ts)
+                let cap = align_down(st.flushed) + ROUND_MAX.max(self.cfg.max_write_bytes);
+                (st.written.min(cap), st.closing, st.written_store_ts)
             };
             let result = async {
                 if target > self.st.borrow().flushed {
@@ -884,7 +905,9 @@ impl CommitLog {
                     }
                     let mut st = self.st.borrow_mut();
                     st.durable = target;
-                    st.durable_store_ts = store_ts;
+                    if target == st.written {
+                        st.durable_store_ts = store_ts;
+                    }
                 }
                 if due {
                     last_sync = Instant::now();

@@ -144,22 +144,12 @@ impl IndexLayout {
 
 /// Index key hash: `abs(hashCode(topic + "#" + key))`, with `Integer.MIN_VALUE` mapped to 0.
 pub fn index_key_hash(topic: &[u8], key: &[u8]) -> i32 {
-    let mut h: i32 = 0;
-    let mut feed = |bytes: &[u8]| match std::str::from_utf8(bytes) {
-        Ok(s) => {
-            for u in s.encode_utf16() {
-                h = h.wrapping_mul(31).wrapping_add(u as i32);
-            }
-        }
-        Err(_) => {
-            for u in String::from_utf8_lossy(bytes).encode_utf16() {
-                h = h.wrapping_mul(31).wrapping_add(u as i32);
-            }
-        }
+    use crate::message::java_hash_continue;
+    let feed = |h: i32, bytes: &[u8]| match std::str::from_utf8(bytes) {
+        Ok(s) => java_hash_continue(h, s),
+        Err(_) => java_hash_continue(h, &String::from_utf8_lossy(bytes)),
     };
-    feed(topic);
-    feed(b"#");
-    feed(key);
+    let h = feed(feed(feed(0, topic), b"#"), key);
     if h == i32::MIN {
         0
     } else {
