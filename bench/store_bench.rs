@@ -231,6 +231,15 @@ fn message(topic: &str, q: u32, body: &Bytes, uniq: u64) -> PutMessage {
 
 /// `appenders` tasks on each shard append `size`-byte messages for `secs`.
 fn append_load(store: &Store, size: usize, appenders: usize, secs: f64) -> RunResult {
+    try_append_load(store, size, appenders, secs).unwrap_or_else(|e| panic!("append load: {e}"))
+}
+
+fn try_append_load(
+    store: &Store,
+    size: usize,
+    appenders: usize,
+    secs: f64,
+) -> Result<RunResult, String> {
     let n = store.shard_count();
     let started = Instant::now();
     let threads: Vec<_> = (0..n)
@@ -284,7 +293,7 @@ fn append_load(store: &Store, size: usize, appenders: usize, secs: f64) -> RunRe
                     let h = hist.borrow().clone();
                     Ok((count.get(), bytes.get(), h))
                 }))
-                .expect("append load")
+                .map_err(|e| e.to_string())
             })
         })
         .collect();
@@ -294,14 +303,26 @@ fn append_load(store: &Store, size: usize, appenders: usize, secs: f64) -> RunRe
         secs: 0.0,
         hist: new_hist(),
     };
+    let mut err = None;
     for t in threads {
-        let (c, b, h) = t.join().expect("load thread");
-        out.appends += c;
-        out.bytes += b;
-        out.hist.add(h).ok();
+        match t
+            .join()
+            .map_err(|_| "load thread panicked".to_string())
+            .and_then(|r| r)
+        {
+            Ok((c, b, h)) => {
+                out.appends += c;
+                out.bytes += b;
+                out.hist.add(h).ok();
+            }
+            Err(e) => err = Some(e),
+        }
     }
     out.secs = started.elapsed().as_secs_f64();
-    out
+    match err {
+        Some(e) => Err(e),
+        None => Ok(out),
+    }
 }
 
 fn bench_config(dir: &Path, shards: usize, mode: FlushDiskType) -> StoreConfig {
@@ -312,15 +333,20 @@ fn bench_config(dir: &Path, shards: usize, mode: FlushDiskType) -> StoreConfig {
     c
 }
 
-fn run_append(base: &Path, shape: Shape, secs: f64) -> RunResult {
+/// One append run in a fresh store (256 MiB segments keep the disk footprint small on a
+/// shared disk). Errors (a full disk, say) come back as text for the table.
+fn run_append(base: &Path, shape: Shape, secs: f64) -> Result<RunResult, String> {
     let dir = base.join("append");
     let _ = std::fs::remove_dir_all(&dir);
-    let store =
-        Store::open(bench_config(&dir, shape.shards, shape.mode)).expect("open bench store");
-    let r = append_load(&store, shape.size, shape.appenders, secs);
-    store.shutdown().expect("shutdown");
+    let mut cfg = bench_config(&dir, shape.shards, shape.mode);
+    cfg.segment_size = 256 << 20;
+    let store = Store::open(cfg).map_err(|e| e.to_string())?;
+    let r = try_append_load(&store, shape.size, shape.appenders, secs);
+    let closed = store.shutdown().map_err(|e| e.to_string());
     let _ = std::fs::remove_dir_all(&dir);
-    r
+    let r = r?;
+    closed?;
+    Ok(r)
 }
 
 fn us(h: &Histogram<u64>, q: f64) -> f64 {
@@ -492,9 +518,16 @@ fn main() {
                     {
                         continue;
                     }
-                    let runs: Vec<RunResult> = (0..opts.reps)
+                    let runs: Vec<RunResult> = match (0..opts.reps)
                         .map(|_| run_append(&base, shape, opts.secs))
-                        .collect();
+                        .collect::<Result<Vec<_>, String>>()
+                    {
+                        Ok(r) => r,
+                        Err(e) => {
+                            say(format!("| {label} | failed: {e} |"));
+                            continue;
+                        }
+                    };
                     let rate = median(runs.iter().map(|r| r.appends as f64 / r.secs).collect());
                     let mbps = median(runs.iter().map(|r| r.bytes as f64 / r.secs / 1e6).collect());
                     let q = |x: f64| median(runs.iter().map(|r| us(&r.hist, x)).collect());

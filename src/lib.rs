@@ -7,4 +7,5 @@
 
 pub mod logging;
 pub mod message;
+pub mod protocol;
 pub mod store;

@@ -863,6 +863,9 @@ impl CommitLog {
                         st.written > st.durable || st.closing
                     })
                     .await;
+                // Appenders woken by the last round are queued behind us: let them append
+                // first, so this round commits them all instead of just the first one.
+                futures_lite::future::yield_now().await;
             } else {
                 let left = interval.saturating_sub(last_sync.elapsed());
                 let trigger = self.cfg.flush_trigger_bytes;
