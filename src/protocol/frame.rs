@@ -147,12 +147,7 @@ mod tests {
         #[test]
         fn decode_never_panics(data in proptest::collection::vec(any::<u8>(), 0..512)) {
             let mut buf = BytesMut::from(&data[..]);
-            loop {
-                match decode(&mut buf) {
-                    Ok(Some(_)) => continue,
-                    Ok(None) | Err(_) => break,
-                }
-            }
+            while let Ok(Some(_)) = decode(&mut buf) {}
         }
 
         /// Well-framed garbage headers: both codec bytes, any header bytes.
