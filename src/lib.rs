@@ -5,7 +5,9 @@
 //! [`store`] the per-shard DMA commitlog, consume queues, index, checkpoint, recovery and
 //! retention.
 
+pub mod config;
 pub mod logging;
 pub mod message;
+pub mod namesrv;
 pub mod protocol;
 pub mod store;

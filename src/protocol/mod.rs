@@ -5,6 +5,8 @@
 pub mod code;
 pub mod command;
 pub mod frame;
+pub mod json;
+pub mod server;
 
 pub use command::{HeaderCodec, RemotingCommand};
 

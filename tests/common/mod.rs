@@ -82,3 +82,4 @@ pub fn read_all(store: &Store, topic: &str, queue_id: u32) -> Vec<Bytes> {
     }
     out
 }
+pub mod remoting;

@@ -1,0 +1,156 @@
+//! Serving remoting connections on a glommio executor.
+//!
+//! Per connection: a reader loop reads whatever bytes are ready, decodes every complete frame
+//! and runs each request as its own task (a held long-poll pull must not block the requests
+//! behind it); a writer task sends all queued responses with one write. A malformed or
+//! oversize frame closes the connection with one log line naming the peer.
+
+use std::cell::{Cell, RefCell};
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::rc::Rc;
+
+use bytes::BytesMut;
+use futures_lite::{AsyncReadExt, AsyncWriteExt};
+use glommio::net::TcpStream;
+
+use super::code::response;
+use super::frame;
+use super::RemotingCommand;
+use crate::store::notify::Notify;
+
+/// Handles requests of one server (name server, broker).
+pub trait Handler: 'static {
+    /// Processes one request; `None` means no response (oneway, or answered later).
+    fn handle(
+        self: Rc<Self>,
+        req: RemotingCommand,
+        conn: Rc<Conn>,
+    ) -> Pin<Box<dyn Future<Output = Option<RemotingCommand>>>>;
+
+    /// Called once when a connection closes.
+    fn closed(&self, _conn: &Rc<Conn>) {}
+}
+
+/// One client connection, as seen by handlers.
+pub struct Conn {
+    pub id: u64,
+    pub peer: SocketAddr,
+    out: RefCell<Vec<RemotingCommand>>,
+    wake: Notify,
+    closed: Cell<bool>,
+}
+
+impl Conn {
+    /// Queues a command (response, or a request to the client) for sending.
+    pub fn send(&self, cmd: RemotingCommand) {
+        if self.closed.get() {
+            return;
+        }
+        self.out.borrow_mut().push(cmd);
+        self.wake.notify_all();
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.closed.get()
+    }
+
+    fn close(&self) {
+        self.closed.set(true);
+        self.wake.notify_all();
+    }
+}
+
+/// The standard answer to an unknown request code (reference §1.7).
+pub fn not_supported(req: &RemotingCommand) -> RemotingCommand {
+    RemotingCommand::response_to(
+        req,
+        response::REQUEST_CODE_NOT_SUPPORTED,
+        Some(format!(" request type {} not supported", req.code)),
+    )
+}
+
+/// Serves one accepted connection until the peer closes it or sends a bad frame.
+pub async fn serve_connection<H: Handler>(stream: TcpStream, id: u64, handler: Rc<H>) {
+    let peer = match stream.peer_addr() {
+        Ok(p) => p,
+        Err(_) => return,
+    };
+    let _ = stream.set_nodelay(true);
+    let conn = Rc::new(Conn {
+        id,
+        peer,
+        out: RefCell::new(Vec::new()),
+        wake: Notify::default(),
+        closed: Cell::new(false),
+    });
+    let (mut rd, mut wr) = futures_lite::io::split(stream);
+    let writer = {
+        let conn = conn.clone();
+        glommio::spawn_local(async move {
+            let mut buf = BytesMut::with_capacity(64 * 1024);
+            loop {
+                conn.wake
+                    .wait_until(|| !conn.out.borrow().is_empty() || conn.closed.get())
+                    .await;
+                let batch = std::mem::take(&mut *conn.out.borrow_mut());
+                if batch.is_empty() {
+                    break;
+                }
+                buf.clear();
+                for c in &batch {
+                    frame::encode(c, &mut buf);
+                }
+                if wr.write_all(&buf).await.is_err() || wr.flush().await.is_err() {
+                    conn.close();
+                    break;
+                }
+                if buf.capacity() > 4 << 20 {
+                    buf = BytesMut::with_capacity(64 * 1024);
+                }
+            }
+            let _ = wr.close().await;
+        })
+    };
+    let mut rbuf = BytesMut::with_capacity(64 * 1024);
+    let mut chunk = vec![0u8; 64 * 1024];
+    'read: while !conn.closed.get() {
+        let n = match rd.read(&mut chunk).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        rbuf.extend_from_slice(&chunk[..n]);
+        loop {
+            match frame::decode(&mut rbuf) {
+                Ok(Some(cmd)) => {
+                    if cmd.is_response() {
+                        // Answers to our oneway requests (NOTIFY_*) carry nothing we need.
+                        continue;
+                    }
+                    let (h, c) = (handler.clone(), conn.clone());
+                    glommio::spawn_local(async move {
+                        let oneway = cmd.is_oneway();
+                        if let Some(resp) = h.handle(cmd, c.clone()).await {
+                            if !oneway {
+                                c.send(resp);
+                            }
+                        }
+                    })
+                    .detach();
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    log::warn!("closing connection from {peer}: bad frame: {e}");
+                    break 'read;
+                }
+            }
+        }
+        if rbuf.capacity() > 32 << 20 && rbuf.is_empty() {
+            rbuf = BytesMut::with_capacity(64 * 1024);
+        }
+    }
+    conn.close();
+    handler.closed(&conn);
+    writer.await;
+}
