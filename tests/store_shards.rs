@@ -35,13 +35,23 @@ fn queues_land_on_their_owner_and_offsets_resolve_across_shards() {
         owners.contains(&ShardId::new(0).unwrap()) && owners.contains(&ShardId::new(1).unwrap()),
         "16 queues should spread over both shards: {owners:?}"
     );
-    // Each shard holds exactly the queues it owns.
+    // Each shard holds exactly the queues it owns (dispatch is asynchronous: wait for it).
+    let deadline = Instant::now() + std::time::Duration::from_secs(10);
     for i in 0..2 {
         let id = ShardId::new(i).unwrap();
-        let qs = block(store.on_shard(id, |s| async move { Ok(s.queues()) })).unwrap();
-        for (t, q, _, max) in qs {
-            assert_eq!(store.shard_of(&t, q), id);
-            assert_eq!(max, 1);
+        loop {
+            let qs = block(store.on_shard(id, |s| async move { Ok(s.queues()) })).unwrap();
+            for (t, q, _, _) in &qs {
+                assert_eq!(store.shard_of(t, *q), id);
+            }
+            if qs.iter().all(|q| q.3 == 1) {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "dispatch never caught up: {qs:?}"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(5));
         }
     }
     // Any offset resolves to its record, whichever shard holds it.

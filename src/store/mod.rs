@@ -21,7 +21,7 @@ pub mod shard;
 pub use config::{FlushDiskType, StoreConfig};
 pub use error::{Result, StoreError};
 pub use offset::{CommitLogOffset, ShardId};
-pub use runtime::Store;
+pub use runtime::{Router, ShardService, Store};
 pub use shard::{
     GetResult, GetStatus, PutMessage, PutResult, RetentionReport, ShardStats, VerifyReport,
 };

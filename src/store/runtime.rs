@@ -34,9 +34,20 @@ enum Msg {
     Close(flume::Sender<Result<()>>),
 }
 
+/// Routes requests to shards: a cheap, `Send` handle that does not own the store's lifetime
+/// (shard services hold one without keeping the store alive).
+#[derive(Clone)]
+pub struct Router {
+    shards: Arc<Vec<flume::Sender<Msg>>>,
+}
+
+/// A service started on every shard after it opened (the broker's listener, say).
+pub type ShardService =
+    Arc<dyn Fn(Rc<ShardStore>, Router) -> Pin<Box<dyn Future<Output = ()>>> + Send + Sync>;
+
 struct Inner {
     cfg: StoreConfig,
-    shards: Vec<flume::Sender<Msg>>,
+    router: Router,
     threads: Mutex<Vec<std::thread::JoinHandle<()>>>,
     lock: Mutex<Option<File>>,
     root: PathBuf,
@@ -44,10 +55,17 @@ struct Inner {
     recovered: bool,
 }
 
-/// A handle to an open store. Cheap to clone, `Send + Sync`.
+/// A handle to an open store. Cheap to clone, `Send + Sync`; derefs to its [`Router`].
 #[derive(Clone)]
 pub struct Store {
     inner: Arc<Inner>,
+}
+
+impl std::ops::Deref for Store {
+    type Target = Router;
+    fn deref(&self) -> &Router {
+        &self.inner.router
+    }
 }
 
 /// Takes an exclusive `flock` on `<root>/lock` and writes our pid into it.
@@ -85,6 +103,11 @@ fn take_lock(root: &Path) -> Result<File> {
 impl Store {
     /// Opens (creating if needed) the store at `cfg.root`. Call from a plain thread.
     pub fn open(cfg: StoreConfig) -> Result<Store> {
+        Self::open_with_service(cfg, None)
+    }
+
+    /// As [`Store::open`], then starts `service` on every shard once the shard is open.
+    pub fn open_with_service(cfg: StoreConfig, service: Option<ShardService>) -> Result<Store> {
         cfg.validate()?;
         let root = cfg.root.clone();
         for d in [&root, &root.join("config"), &cfg.commitlog_dir] {
@@ -125,19 +148,22 @@ impl Store {
             std::fs::write(&cp_path, seeded.encode()).map_err(io_err("writing", &cp_path))?;
         }
         File::create(&abort).map_err(io_err("creating", &abort))?;
-        let mut senders = Vec::with_capacity(n);
+        let (senders, receivers): (Vec<_>, Vec<_>) =
+            (0..n).map(|_| flume::unbounded::<Msg>()).unzip();
+        let router = Router {
+            shards: Arc::new(senders),
+        };
         let mut threads = Vec::with_capacity(n);
         let (ready_tx, ready_rx) = flume::unbounded::<(usize, Result<()>)>();
         let cores = std::thread::available_parallelism()
             .map(|c| c.get())
             .unwrap_or(1);
-        for i in 0..n {
+        for (i, rx) in receivers.into_iter().enumerate() {
             let id = ShardId::new(i).ok_or_else(|| StoreError::Config("too many shards".into()))?;
-            let (tx, rx) = flume::unbounded::<Msg>();
-            senders.push(tx);
             let shard_cp = cp.as_ref().and_then(|c| c.shards.get(i).copied());
             let cfg = cfg.clone();
             let ready = ready_tx.clone();
+            let (service, router) = (service.clone(), router.clone());
             let placement = if cfg.pin_shards {
                 glommio::Placement::Fixed(i % cores)
             } else {
@@ -158,6 +184,9 @@ impl Store {
                             return;
                         }
                     };
+                    if let Some(svc) = service {
+                        glommio::spawn_local(svc(shard.clone(), router)).detach();
+                    }
                     serve(shard, rx).await;
                 })
                 .map_err(|e| StoreError::Config(format!("starting shard {i}: {e}")))?;
@@ -169,7 +198,7 @@ impl Store {
         let store = Store {
             inner: Arc::new(Inner {
                 cfg,
-                shards: senders,
+                router,
                 threads: Mutex::new(threads),
                 lock: Mutex::new(Some(lock)),
                 root,
@@ -208,8 +237,74 @@ impl Store {
         &self.inner.cfg
     }
 
+    fn close_shards(&self) -> Result<()> {
+        let mut first_err = None;
+        for tx in self.inner.router.shards.iter() {
+            let (rtx, rrx) = flume::bounded(1);
+            if tx.send(Msg::Close(rtx)).is_ok() {
+                if let Ok(Err(e)) = rrx.recv() {
+                    first_err.get_or_insert(e);
+                }
+            }
+        }
+        let threads =
+            std::mem::take(&mut *self.inner.threads.lock().unwrap_or_else(|e| e.into_inner()));
+        for t in threads {
+            let _ = t.join();
+        }
+        match first_err {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
+    /// Clean shutdown: every shard flushes and checkpoints, then `abort` is removed and the
+    /// lock released. Blocking; call from a plain thread. Idempotent.
+    pub fn shutdown(&self) -> Result<()> {
+        {
+            let mut closed = self.inner.closed.lock().unwrap_or_else(|e| e.into_inner());
+            if *closed {
+                return Ok(());
+            }
+            *closed = true;
+        }
+        let res = self.close_shards();
+        if res.is_ok() {
+            let abort = self.inner.root.join("abort");
+            std::fs::remove_file(&abort).map_err(io_err("removing", &abort))?;
+            log::info!("store {} closed cleanly", self.inner.root.display());
+        }
+        self.inner
+            .lock
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        res
+    }
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        let closed = *self.closed.lock().unwrap_or_else(|e| e.into_inner());
+        if !closed {
+            // Last handle dropped without shutdown: stop the shards so threads do not leak;
+            // `abort` stays, so the next open verifies the tail.
+            for tx in self.router.shards.iter() {
+                let (rtx, rrx) = flume::bounded(1);
+                if tx.send(Msg::Close(rtx)).is_ok() {
+                    let _ = rrx.recv();
+                }
+            }
+            for t in std::mem::take(&mut *self.threads.lock().unwrap_or_else(|e| e.into_inner())) {
+                let _ = t.join();
+            }
+        }
+    }
+}
+
+impl Router {
     pub fn shard_count(&self) -> usize {
-        self.inner.shards.len()
+        self.shards.len()
     }
 
     /// The shard owning a queue.
@@ -224,11 +319,7 @@ impl Store {
         F: FnOnce(Rc<ShardStore>) -> Fut + Send + 'static,
         Fut: Future<Output = Result<R>> + 'static,
     {
-        let tx = self
-            .inner
-            .shards
-            .get(shard.index())
-            .ok_or(StoreError::Closed)?;
+        let tx = self.shards.get(shard.index()).ok_or(StoreError::Closed)?;
         let (rtx, rrx) = flume::bounded::<Result<R>>(1);
         let job: Job = Box::new(move |s: Rc<ShardStore>| {
             Box::pin(async move {
@@ -382,70 +473,6 @@ impl Store {
                 .await?;
         }
         Ok(())
-    }
-
-    fn close_shards(&self) -> Result<()> {
-        let mut first_err = None;
-        for tx in &self.inner.shards {
-            let (rtx, rrx) = flume::bounded(1);
-            if tx.send(Msg::Close(rtx)).is_ok() {
-                if let Ok(Err(e)) = rrx.recv() {
-                    first_err.get_or_insert(e);
-                }
-            }
-        }
-        let threads =
-            std::mem::take(&mut *self.inner.threads.lock().unwrap_or_else(|e| e.into_inner()));
-        for t in threads {
-            let _ = t.join();
-        }
-        match first_err {
-            Some(e) => Err(e),
-            None => Ok(()),
-        }
-    }
-
-    /// Clean shutdown: every shard flushes and checkpoints, then `abort` is removed and the
-    /// lock released. Blocking; call from a plain thread. Idempotent.
-    pub fn shutdown(&self) -> Result<()> {
-        {
-            let mut closed = self.inner.closed.lock().unwrap_or_else(|e| e.into_inner());
-            if *closed {
-                return Ok(());
-            }
-            *closed = true;
-        }
-        let res = self.close_shards();
-        if res.is_ok() {
-            let abort = self.inner.root.join("abort");
-            std::fs::remove_file(&abort).map_err(io_err("removing", &abort))?;
-            log::info!("store {} closed cleanly", self.inner.root.display());
-        }
-        self.inner
-            .lock
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take();
-        res
-    }
-}
-
-impl Drop for Inner {
-    fn drop(&mut self) {
-        let closed = *self.closed.lock().unwrap_or_else(|e| e.into_inner());
-        if !closed {
-            // Last handle dropped without shutdown: stop the shards so threads do not leak;
-            // `abort` stays, so the next open verifies the tail.
-            for tx in &self.shards {
-                let (rtx, rrx) = flume::bounded(1);
-                if tx.send(Msg::Close(rtx)).is_ok() {
-                    let _ = rrx.recv();
-                }
-            }
-            for t in std::mem::take(&mut *self.threads.lock().unwrap_or_else(|e| e.into_inner())) {
-                let _ = t.join();
-            }
-        }
     }
 }
 
