@@ -5,6 +5,7 @@
 //! [`store`] the per-shard DMA commitlog, consume queues, index, checkpoint, recovery and
 //! retention.
 
+pub mod broker;
 pub mod config;
 pub mod logging;
 pub mod message;

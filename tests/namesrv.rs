@@ -213,3 +213,23 @@ fn bad_frames_close_only_their_connection() {
         "{log}"
     );
 }
+
+#[test]
+fn a_second_server_on_a_taken_port_fails_clearly() {
+    let logs = tempfile::tempdir().unwrap();
+    let (_ns, port) = start_namesrv(logs.path(), &[]);
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_mqnamesrv"))
+        .args(["--listen-port", &port.to_string(), "--log-dir"])
+        .arg(logs.path().join("second"))
+        .output()
+        .unwrap();
+    assert!(
+        !out.status.success(),
+        "a second name server bound a taken port"
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("cannot listen") && err.contains(&port.to_string()),
+        "{err}"
+    );
+}

@@ -62,6 +62,16 @@ impl Conn {
     }
 }
 
+/// Fails if something already listens on `addr`. glommio listeners set SO_REUSEPORT (every
+/// shard binds the port), which would also let a second server bind the same port silently
+/// and share its connections; probing with a plain bind first refuses that, as upstream's
+/// "Address already in use" does.
+pub fn ensure_port_free(addr: std::net::SocketAddr) -> std::io::Result<()> {
+    std::net::TcpListener::bind(addr)
+        .map(drop)
+        .map_err(|e| std::io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}")))
+}
+
 /// The standard answer to an unknown request code (reference §1.7).
 pub fn not_supported(req: &RemotingCommand) -> RemotingCommand {
     RemotingCommand::response_to(

@@ -35,19 +35,41 @@ pub fn wait_port(port: u16) {
     }
 }
 
+/// Spawns a server on free ports until one starts (a parallel test may take the same free
+/// port between our probe and the server's bind; the server then exits and we retry).
+fn spawn_on_free_port(mut cmd: impl FnMut(u16) -> Command) -> (Proc, u16) {
+    for _ in 0..5 {
+        let port = free_port();
+        let mut p = Proc(cmd(port).spawn().expect("start server"));
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if p.0.try_wait().unwrap().is_some() {
+                break;
+            }
+            if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                std::thread::sleep(Duration::from_millis(30));
+                if p.0.try_wait().unwrap().is_none() {
+                    return (p, port);
+                }
+                break;
+            }
+            assert!(Instant::now() < deadline, "server never listened on {port}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    panic!("could not start a server on a free port");
+}
+
 /// Starts `mqnamesrv` on a free port with logs in `log_dir`.
 pub fn start_namesrv(log_dir: &std::path::Path, extra: &[&str]) -> (Proc, u16) {
-    let port = free_port();
-    let child = Command::new(env!("CARGO_BIN_EXE_mqnamesrv"))
-        .args(["--listen-port", &port.to_string(), "--log-dir"])
-        .arg(log_dir)
-        .args(extra)
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .expect("start mqnamesrv");
-    let p = Proc(child);
-    wait_port(port);
-    (p, port)
+    spawn_on_free_port(|port| {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_mqnamesrv"));
+        c.args(["--listen-port", &port.to_string(), "--log-dir"])
+            .arg(log_dir)
+            .args(extra)
+            .stdout(std::process::Stdio::null());
+        c
+    })
 }
 
 pub struct Client {
@@ -109,4 +131,44 @@ pub fn req(code: i32, codec: HeaderCodec, ext: &[(&str, &str)]) -> RemotingComma
         r.set_ext(k, v);
     }
     r
+}
+
+/// Starts `mqbroker` against a name server, on a free port, with its store in `store`.
+pub fn start_broker(store: &std::path::Path, namesrv_port: u16, extra: &[&str]) -> (Proc, u16) {
+    spawn_on_free_port(|port| {
+        let mut args: Vec<String> = vec![
+            "-n".into(),
+            format!("127.0.0.1:{namesrv_port}"),
+            "--log-dir".into(),
+            store.join("logs").display().to_string(),
+        ];
+        for p in [
+            "brokerIP1=127.0.0.1".to_string(),
+            format!("listenPort={port}"),
+            format!("storePathRootDir={}", store.display()),
+            "shards=2".into(),
+            "mappedFileSizeCommitLog=67108864".into(),
+            "maxHashSlotNum=10000".into(),
+            "maxIndexNum=40000".into(),
+        ]
+        .into_iter()
+        .chain(extra.iter().map(|e| e.to_string()))
+        {
+            args.push("-p".into());
+            args.push(p);
+        }
+        let mut c = Command::new(env!("CARGO_BIN_EXE_mqbroker"));
+        c.args(&args).stdout(std::process::Stdio::null());
+        c
+    })
+}
+
+/// SIGTERM, then wait for the process to exit (a clean stop).
+pub fn stop(p: &mut Proc) {
+    unsafe { libc::kill(p.0.id() as i32, libc::SIGTERM) };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while p.0.try_wait().unwrap().is_none() {
+        assert!(Instant::now() < deadline, "process did not stop on SIGTERM");
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }

@@ -1,0 +1,286 @@
+//! Broker configuration: the seed's `conf/*.properties` keys and upstream defaults (reference
+//! §8.4). An unknown key is a warning; a bad value an error naming file, line and key.
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::path::Path;
+
+use crate::config::{read_properties, value, ConfigError, Property};
+use crate::logging::expand_tilde;
+use crate::store::config::parse_delete_when;
+use crate::store::{FlushDiskType, StoreConfig};
+
+/// `brokerRole`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BrokerRole {
+    AsyncMaster,
+    SyncMaster,
+    Slave,
+}
+
+impl std::str::FromStr for BrokerRole {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "ASYNC_MASTER" => Ok(BrokerRole::AsyncMaster),
+            "SYNC_MASTER" => Ok(BrokerRole::SyncMaster),
+            "SLAVE" => Ok(BrokerRole::Slave),
+            o => Err(format!(
+                "unknown brokerRole {o:?} (ASYNC_MASTER, SYNC_MASTER or SLAVE)"
+            )),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct BrokerConfig {
+    pub cluster_name: String,
+    pub broker_name: String,
+    pub broker_id: i64,
+    pub broker_role: BrokerRole,
+    /// `namesrvAddr`, split on `;`.
+    pub namesrv_addrs: Vec<String>,
+    pub listen_port: u16,
+    /// The address registered with name servers and written in STOREHOST.
+    pub broker_ip1: IpAddr,
+    pub auto_create_topic_enable: bool,
+    pub default_topic_queue_nums: u32,
+    pub broker_permission: u32,
+    pub region_id: String,
+    pub trace_on: bool,
+    pub register_period_ms: u64,
+    pub flush_consumer_offset_interval_ms: u64,
+    pub long_polling_enable: bool,
+    pub short_polling_time_ms: u64,
+    pub store: StoreConfig,
+}
+
+/// The host's first up, non-loopback IPv4 interface address, else 127.0.0.1 (upstream picks
+/// a local address too). Reads interfaces only; sends nothing.
+fn local_ip() -> IpAddr {
+    let mut found = None;
+    // SAFETY: getifaddrs allocates a list we only read and then free with freeifaddrs.
+    unsafe {
+        let mut head: *mut libc::ifaddrs = std::ptr::null_mut();
+        if libc::getifaddrs(&mut head) == 0 {
+            let mut cur = head;
+            while !cur.is_null() {
+                let ifa = &*cur;
+                let up = ifa.ifa_flags & libc::IFF_UP as u32 != 0;
+                let lo = ifa.ifa_flags & libc::IFF_LOOPBACK as u32 != 0;
+                if up
+                    && !lo
+                    && !ifa.ifa_addr.is_null()
+                    && (*ifa.ifa_addr).sa_family as i32 == libc::AF_INET
+                {
+                    let sin = &*(ifa.ifa_addr as *const libc::sockaddr_in);
+                    found = Some(Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr)));
+                    break;
+                }
+                cur = ifa.ifa_next;
+            }
+            libc::freeifaddrs(head);
+        }
+    }
+    IpAddr::V4(found.unwrap_or(Ipv4Addr::LOCALHOST))
+}
+
+impl Default for BrokerConfig {
+    fn default() -> Self {
+        let root = expand_tilde("~/store");
+        let host = hostname();
+        BrokerConfig {
+            cluster_name: "DefaultCluster".into(),
+            broker_name: if host.is_empty() {
+                "DEFAULT_BROKER".into()
+            } else {
+                host
+            },
+            broker_id: 0,
+            broker_role: BrokerRole::AsyncMaster,
+            namesrv_addrs: std::env::var("NAMESRV_ADDR")
+                .map(|v| split_addrs(&v))
+                .unwrap_or_default(),
+            listen_port: 10911,
+            broker_ip1: local_ip(),
+            auto_create_topic_enable: true,
+            default_topic_queue_nums: 8,
+            broker_permission: 6,
+            region_id: "DefaultRegion".into(),
+            trace_on: true,
+            register_period_ms: 30_000,
+            flush_consumer_offset_interval_ms: 5000,
+            long_polling_enable: true,
+            short_polling_time_ms: 1000,
+            store: StoreConfig::new(root),
+        }
+    }
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default()
+}
+
+/// Splits `a;b` name-server lists.
+pub fn split_addrs(v: &str) -> Vec<String> {
+    v.split(';')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(String::from)
+        .collect()
+}
+
+impl BrokerConfig {
+    /// Applies properties (from a file or `-D`-style overrides). `file` names the source in
+    /// errors and warnings.
+    pub fn apply(&mut self, props: &[Property], file: &str) -> Result<(), ConfigError> {
+        let mut commitlog_dir = None;
+        for p in props {
+            let v = p.value.as_str();
+            match p.key.as_str() {
+                "brokerClusterName" => self.cluster_name = v.to_string(),
+                "brokerName" => self.broker_name = v.to_string(),
+                "brokerId" => self.broker_id = value(p, file)?,
+                "brokerRole" => self.broker_role = value(p, file)?,
+                "namesrvAddr" => self.namesrv_addrs = split_addrs(v),
+                "listenPort" => self.listen_port = value(p, file)?,
+                "brokerIP1" => self.broker_ip1 = value(p, file)?,
+                "brokerIP2" | "haListenPort" | "haMasterAddress" => {}
+                "autoCreateTopicEnable" => self.auto_create_topic_enable = value(p, file)?,
+                "defaultTopicQueueNums" => self.default_topic_queue_nums = value(p, file)?,
+                "brokerPermission" => self.broker_permission = value(p, file)?,
+                "regionId" => self.region_id = v.to_string(),
+                "traceOn" => self.trace_on = value(p, file)?,
+                "registerNameServerPeriod" => {
+                    self.register_period_ms = value::<u64>(p, file)?.clamp(10_000, 60_000)
+                }
+                "flushConsumerOffsetInterval" => {
+                    self.flush_consumer_offset_interval_ms = value(p, file)?
+                }
+                "longPollingEnable" => self.long_polling_enable = value(p, file)?,
+                "shortPollingTimeMills" => self.short_polling_time_ms = value(p, file)?,
+                "storePathRootDir" => self.store.root = expand_tilde(v),
+                "storePathCommitLog" => commitlog_dir = Some(expand_tilde(v)),
+                "deleteWhen" => {
+                    self.store.delete_when =
+                        parse_delete_when(v).map_err(|msg| bad(p, file, msg))?
+                }
+                "fileReservedTime" => self.store.file_reserved_hours = value(p, file)?,
+                "flushDiskType" => {
+                    self.store.flush_disk_type =
+                        v.parse::<FlushDiskType>().map_err(|m| bad(p, file, m))?
+                }
+                "mappedFileSizeCommitLog" => self.store.segment_size = value(p, file)?,
+                "mappedFileSizeConsumeQueue" => {
+                    self.store.cq_entries_per_file = value::<u64>(p, file)? / 20
+                }
+                "maxMessageSize" => self.store.max_message_size = value(p, file)?,
+                "flushIntervalCommitLog" => self.store.flush_interval_ms = value(p, file)?,
+                "flushIntervalConsumeQueue" => self.store.flush_cq_interval_ms = value(p, file)?,
+                "syncFlushTimeout" => self.store.sync_flush_timeout_ms = value(p, file)?,
+                "diskMaxUsedSpaceRatio" => self.store.disk_max_used_space_ratio = value(p, file)?,
+                "cleanResourceInterval" => self.store.clean_resource_interval_ms = value(p, file)?,
+                "messageIndexEnable" => self.store.message_index_enable = value(p, file)?,
+                "maxHashSlotNum" => self.store.index_slots = value(p, file)?,
+                "maxIndexNum" => self.store.index_max_entries = value(p, file)?,
+                "shards" => self.store.shards = value(p, file)?,
+                // Derived from storePathRootDir upstream too (reference §7.1): accepted, unused.
+                "storePathConsumeQueue" | "storePathIndex" | "storeCheckpoint" | "abortFile" => {
+                    log::warn!(
+                        "{file}:{}: {} is derived from storePathRootDir; the value is ignored",
+                        p.line,
+                        p.key
+                    )
+                }
+                other => log::warn!("{file}:{}: unknown key {other} ignored", p.line),
+            }
+        }
+        self.store.commitlog_dir =
+            commitlog_dir.unwrap_or_else(|| self.store.root.join("commitlog"));
+        if self.broker_role != BrokerRole::Slave {
+            // Upstream forces 0 for masters.
+            self.broker_id = 0;
+        }
+        Ok(())
+    }
+
+    /// Loads a properties file on top of the defaults.
+    pub fn load(path: &Path) -> Result<BrokerConfig, ConfigError> {
+        let mut c = BrokerConfig::default();
+        c.apply(&read_properties(path)?, &path.display().to_string())?;
+        Ok(c)
+    }
+
+    /// `brokerIP1:listenPort`.
+    pub fn broker_addr(&self) -> String {
+        format!("{}:{}", self.broker_ip1, self.listen_port)
+    }
+}
+
+fn bad(p: &Property, file: &str, msg: String) -> ConfigError {
+    ConfigError::Bad {
+        file: file.to_string(),
+        line: p.line,
+        msg: format!("{}: {msg}", p.key),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::parse_properties;
+
+    #[test]
+    fn seed_properties_are_accepted() {
+        let text =
+            "brokerClusterName=DefaultCluster\nbrokerName=broker-b\nbrokerId=1\ndeleteWhen=04\n\
+                    fileReservedTime=48\nbrokerRole=SLAVE\nflushDiskType=ASYNC_FLUSH\n\
+                    namesrvAddr=192.168.239.67:9876;192.168.239.68:9876\nlistenPort=11911\n\
+                    storePathRootDir=~/store-s\nstorePathCommitLog=~/store-s/commitlog\n\
+                    storePathConsumeQueue=~/store-s/consumequeue\nstorePathIndex=~/store-s/index\n\
+                    storeCheckpoint=~/store-s/checkpoint\nabortFile=~/store-s/abort\n";
+        std::env::set_var("HOME", "/home/u");
+        let mut c = BrokerConfig::default();
+        c.apply(
+            &parse_properties(text, "broker-b-s.properties").unwrap(),
+            "f",
+        )
+        .unwrap();
+        assert_eq!(c.broker_name, "broker-b");
+        assert_eq!(c.broker_id, 1);
+        assert_eq!(c.broker_role, BrokerRole::Slave);
+        assert_eq!(c.namesrv_addrs.len(), 2);
+        assert_eq!(c.listen_port, 11911);
+        assert_eq!(c.store.root, Path::new("/home/u/store-s"));
+        assert_eq!(
+            c.store.commitlog_dir,
+            Path::new("/home/u/store-s/commitlog")
+        );
+        assert_eq!(c.store.file_reserved_hours, 48);
+    }
+
+    #[test]
+    fn bad_values_name_file_line_and_key() {
+        let mut c = BrokerConfig::default();
+        let e = c
+            .apply(
+                &parse_properties("a=1\nflushDiskType=SOMETIMES\n", "x").unwrap(),
+                "conf/b.properties",
+            )
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("conf/b.properties:2: flushDiskType"), "{e}");
+        let e = c
+            .apply(
+                &parse_properties("listenPort=abc\n", "x").unwrap(),
+                "b.properties",
+            )
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("b.properties:1") && e.contains("listenPort"),
+            "{e}"
+        );
+    }
+}

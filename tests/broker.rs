@@ -1,0 +1,397 @@
+//! The real `mqnamesrv` and `mqbroker` over TCP: route discovery, sends, pull with long
+//! polling, offsets across a restart, queries, topic admin, consumer notification, bad input.
+
+mod common;
+use bytes::Bytes;
+use common::remoting::*;
+use coremq::message::MessageRecord;
+use coremq::protocol::code::{request, response};
+use coremq::protocol::HeaderCodec::{Json, RocketMq};
+use coremq::protocol::RemotingCommand;
+use std::time::{Duration, Instant};
+
+fn props(tag: &str, keys: &str, uniq: &str) -> String {
+    format!("TAGS\u{1}{tag}\u{2}KEYS\u{1}{keys}\u{2}UNIQ_KEY\u{1}{uniq}\u{2}WAIT\u{1}true\u{2}")
+}
+
+fn send_v2(
+    c: &mut Client,
+    topic: &str,
+    queue: u32,
+    body: &str,
+    tag: &str,
+    key: &str,
+    uniq: &str,
+) -> RemotingCommand {
+    let q = queue.to_string();
+    let p = props(tag, key, uniq);
+    let mut r = req(
+        request::SEND_MESSAGE_V2,
+        Json,
+        &[
+            ("a", "pg"),
+            ("b", topic),
+            ("c", "TBW102"),
+            ("d", "4"),
+            ("e", &q),
+            ("f", "0"),
+            ("g", "1700000000000"),
+            ("h", "0"),
+            ("i", &p),
+            ("j", "0"),
+            ("k", "false"),
+        ],
+    );
+    r.body = Bytes::from(body.to_string());
+    c.call(r)
+}
+
+fn pull(c: &mut Client, topic: &str, queue: u32, offset: u64, suspend_ms: u64) -> RemotingCommand {
+    let (q, o, s) = (
+        queue.to_string(),
+        offset.to_string(),
+        suspend_ms.to_string(),
+    );
+    c.call(req(
+        request::PULL_MESSAGE,
+        Json,
+        &[
+            ("consumerGroup", "cg"),
+            ("topic", topic),
+            ("queueId", &q),
+            ("queueOffset", &o),
+            ("maxMsgNums", "32"),
+            ("sysFlag", if suspend_ms > 0 { "2" } else { "0" }),
+            ("commitOffset", "0"),
+            ("suspendTimeoutMillis", &s),
+            ("subVersion", "0"),
+            ("expressionType", "TAG"),
+        ],
+    ))
+}
+
+fn bodies(r: &RemotingCommand) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut b = r.body.clone();
+    while !b.is_empty() {
+        let n = i32::from_be_bytes([b[0], b[1], b[2], b[3]]) as usize;
+        let rec = MessageRecord::decode(&b.slice(..n)).unwrap();
+        out.push(String::from_utf8_lossy(&rec.body).into_owned());
+        b = b.slice(n..);
+    }
+    out
+}
+
+fn wait_route(ns_port: u16, topic: &str) -> serde_json::Value {
+    let mut ns = Client::connect(ns_port);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let r = ns.call(req(
+            request::GET_ROUTEINFO_BY_TOPIC,
+            Json,
+            &[("topic", topic)],
+        ));
+        if r.code == response::SUCCESS {
+            return serde_json::from_slice(&r.body).unwrap();
+        }
+        assert!(Instant::now() < deadline, "no route for {topic}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn send_pull_offsets_queries_and_admin() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_ns, ns_port) = start_namesrv(dir.path(), &[]);
+    let store = dir.path().join("store");
+    let (mut broker, port) = start_broker(&store, ns_port, &[]);
+    // The broker registers at start: TBW102 is routable.
+    let route = wait_route(ns_port, "TBW102");
+    assert_eq!(
+        route["brokerDatas"][0]["brokerAddrs"]["0"],
+        format!("127.0.0.1:{port}")
+    );
+
+    let mut c = Client::connect(port);
+    let r = send_v2(&mut c, "TopicTest", 1, "hello-0", "TagA", "k0", "U0");
+    assert_eq!(r.code, response::SUCCESS, "{:?}", r.remark);
+    let msg_id = r.ext("msgId").unwrap().to_string();
+    assert_eq!(msg_id.len(), 32);
+    assert!(
+        msg_id.starts_with(&format!("7F000001{:08X}", port)),
+        "{msg_id}"
+    );
+    assert_eq!(
+        (r.ext("queueId"), r.ext("queueOffset")),
+        (Some("1"), Some("0"))
+    );
+    assert_eq!(r.ext("transactionId"), Some("U0"));
+    // The auto-created topic reaches the name server.
+    let route = wait_route(ns_port, "TopicTest");
+    assert_eq!(route["queueDatas"][0]["writeQueueNums"], 4);
+
+    // V1 and a batch, on the binary codec.
+    let p = props("TagB", "k1", "U1");
+    let mut v1 = req(
+        request::SEND_MESSAGE,
+        RocketMq,
+        &[
+            ("producerGroup", "pg"),
+            ("topic", "TopicTest"),
+            ("defaultTopic", "TBW102"),
+            ("defaultTopicQueueNums", "4"),
+            ("queueId", "1"),
+            ("sysFlag", "0"),
+            ("bornTimestamp", "1"),
+            ("flag", "0"),
+            ("properties", &p),
+        ],
+    );
+    v1.body = Bytes::from_static(b"hello-1");
+    let r = c.call(v1);
+    assert_eq!(
+        (r.code, r.codec, r.ext("queueOffset")),
+        (response::SUCCESS, RocketMq, Some("1"))
+    );
+    let mut batch = Vec::new();
+    for i in 2..5 {
+        let body = format!("hello-{i}");
+        let pr = props("TagA", &format!("k{i}"), &format!("U{i}"));
+        let total = 20 + body.len() + 2 + pr.len();
+        batch.extend_from_slice(&(total as i32).to_be_bytes());
+        batch.extend_from_slice(&[0; 12]);
+        batch.extend_from_slice(&(body.len() as i32).to_be_bytes());
+        batch.extend_from_slice(body.as_bytes());
+        batch.extend_from_slice(&(pr.len() as i16).to_be_bytes());
+        batch.extend_from_slice(pr.as_bytes());
+    }
+    let mut b = req(
+        request::SEND_BATCH_MESSAGE,
+        Json,
+        &[
+            ("a", "pg"),
+            ("b", "TopicTest"),
+            ("c", "TBW102"),
+            ("d", "4"),
+            ("e", "1"),
+            ("f", "0"),
+            ("g", "1"),
+            ("h", "0"),
+            ("m", "true"),
+        ],
+    );
+    b.body = batch.into();
+    let r = c.call(b);
+    assert_eq!(
+        (r.code, r.ext("queueOffset")),
+        (response::SUCCESS, Some("2"))
+    );
+    assert_eq!(r.ext("msgId").unwrap().split(',').count(), 3);
+
+    // Pull everything back.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let got = loop {
+        let r = pull(&mut c, "TopicTest", 1, 0, 0);
+        if r.code == response::SUCCESS && bodies(&r).len() == 5 {
+            break r;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "pull never returned 5 messages: {:?}",
+            r.code
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(
+        bodies(&got),
+        (0..5).map(|i| format!("hello-{i}")).collect::<Vec<_>>()
+    );
+    assert_eq!(
+        (got.ext("nextBeginOffset"), got.ext("maxOffset")),
+        (Some("5"), Some("5"))
+    );
+
+    // Long polling: a held pull returns within 50 ms of a send.
+    let puller = std::thread::spawn(move || {
+        let mut c2 = Client::connect(port);
+        let r = pull(&mut c2, "TopicTest", 1, 5, 10_000);
+        (r, Instant::now())
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    let sent_at = Instant::now();
+    assert_eq!(
+        send_v2(&mut c, "TopicTest", 1, "late", "TagA", "k5", "U5").code,
+        response::SUCCESS
+    );
+    let (r, got_at) = puller.join().unwrap();
+    assert_eq!(r.code, response::SUCCESS);
+    assert_eq!(bodies(&r), vec!["late".to_string()]);
+    let lag = got_at.saturating_duration_since(sent_at);
+    assert!(
+        lag < Duration::from_millis(50),
+        "held pull answered {lag:?} after the send"
+    );
+    // A held pull with nothing arriving times out with PULL_NOT_FOUND.
+    let t = Instant::now();
+    let r = pull(&mut c, "TopicTest", 1, 6, 300);
+    assert_eq!(r.code, response::PULL_NOT_FOUND);
+    assert!(t.elapsed() >= Duration::from_millis(250));
+
+    // Offsets.
+    let up = req(
+        request::UPDATE_CONSUMER_OFFSET,
+        Json,
+        &[
+            ("consumerGroup", "cg"),
+            ("topic", "TopicTest"),
+            ("queueId", "1"),
+            ("commitOffset", "4"),
+        ],
+    );
+    assert_eq!(c.call(up).code, response::SUCCESS);
+    let q = req(
+        request::QUERY_CONSUMER_OFFSET,
+        Json,
+        &[
+            ("consumerGroup", "cg"),
+            ("topic", "TopicTest"),
+            ("queueId", "1"),
+        ],
+    );
+    assert_eq!(c.call(q.clone()).ext("offset"), Some("4"));
+    let r = c.call(req(
+        request::GET_MAX_OFFSET,
+        Json,
+        &[("topic", "TopicTest"), ("queueId", "1")],
+    ));
+    assert_eq!(r.ext("offset"), Some("6"));
+
+    // Query by key and by msgId.
+    let r = c.call(req(
+        request::QUERY_MESSAGE,
+        Json,
+        &[
+            ("topic", "TopicTest"),
+            ("key", "k3"),
+            ("maxNum", "32"),
+            ("beginTimestamp", "0"),
+            ("endTimestamp", "9223372036854775807"),
+        ],
+    ));
+    assert_eq!(
+        (r.code, bodies(&r)),
+        (response::SUCCESS, vec!["hello-3".to_string()])
+    );
+    let (_, off) = coremq::message::msgid::decode_message_id(&msg_id).unwrap();
+    let r = c.call(req(
+        request::VIEW_MESSAGE_BY_ID,
+        Json,
+        &[("offset", &off.to_string())],
+    ));
+    assert_eq!(bodies(&r), vec!["hello-0".to_string()]);
+
+    // Topic admin.
+    let r = c.call(req(
+        request::UPDATE_AND_CREATE_TOPIC,
+        Json,
+        &[
+            ("topic", "Made"),
+            ("defaultTopic", "TBW102"),
+            ("readQueueNums", "2"),
+            ("writeQueueNums", "2"),
+            ("perm", "6"),
+            ("topicFilterType", "SINGLE_TAG"),
+            ("order", "false"),
+        ],
+    ));
+    assert_eq!(r.code, response::SUCCESS);
+    wait_route(ns_port, "Made");
+    let r = c.call(req(request::GET_ALL_TOPIC_CONFIG, Json, &[]));
+    let all: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+    assert_eq!(all["topicConfigTable"]["Made"]["writeQueueNums"], 2);
+    assert_eq!(
+        c.call(req(
+            request::DELETE_TOPIC_IN_BROKER,
+            Json,
+            &[("topic", "Made")]
+        ))
+        .code,
+        response::SUCCESS
+    );
+
+    // Bad input: illegal topic, oversize message; the broker keeps serving.
+    let r = send_v2(&mut c, "bad topic!", 0, "x", "", "", "");
+    assert_eq!(r.code, response::MESSAGE_ILLEGAL);
+    let mut big = req(
+        request::SEND_MESSAGE_V2,
+        Json,
+        &[
+            ("a", "pg"),
+            ("b", "TopicTest"),
+            ("c", "TBW102"),
+            ("d", "4"),
+            ("e", "0"),
+            ("f", "0"),
+            ("g", "0"),
+            ("h", "0"),
+        ],
+    );
+    big.body = Bytes::from(vec![b'x'; 4 * 1024 * 1024 + 1]);
+    assert_eq!(c.call(big).code, response::MESSAGE_ILLEGAL);
+    assert_eq!(
+        c.call(req(4242, Json, &[])).code,
+        response::REQUEST_CODE_NOT_SUPPORTED
+    );
+    let mut raw = Client::connect(port);
+    raw.send_raw(&[0x7F, 0xFF, 0xFF, 0xFF, 1, 2, 3]).unwrap();
+    assert!(raw.read().is_none());
+    assert_eq!(pull(&mut c, "TopicTest", 1, 0, 0).code, response::SUCCESS);
+
+    // Offsets and messages survive a clean restart.
+    drop(c);
+    stop(&mut broker);
+    assert!(!store.join("abort").exists(), "a clean stop removes abort");
+    let text = std::fs::read_to_string(store.join("config/consumerOffset.json")).unwrap();
+    assert!(text.contains("\"TopicTest@cg\":{1:4}"), "{text}");
+    let (_b2, port) = start_broker(&store, ns_port, &[]);
+    let mut c = Client::connect(port);
+    assert_eq!(c.call(q).ext("offset"), Some("4"));
+    assert_eq!(bodies(&pull(&mut c, "TopicTest", 1, 0, 0)).len(), 6);
+}
+
+#[test]
+fn second_heartbeat_of_a_group_notifies_the_first_member() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_ns, ns_port) = start_namesrv(dir.path(), &[]);
+    let (_broker, port) = start_broker(&dir.path().join("store"), ns_port, &[]);
+    let hb = |id: &str| {
+        let mut r = req(request::HEART_BEAT, Json, &[]);
+        r.body = Bytes::from(format!(
+            r#"{{"clientID":"{id}","producerDataSet":[],"consumerDataSet":[{{"groupName":"G","consumeType":"CONSUME_PASSIVELY","messageModel":"CLUSTERING","consumeFromWhere":"CONSUME_FROM_LAST_OFFSET","unitMode":false,"subscriptionDataSet":[{{"topic":"T","subString":"*","tagsSet":[],"codeSet":[],"subVersion":1}}]}}]}}"#
+        ));
+        r
+    };
+    let mut a = Client::connect(port);
+    assert_eq!(a.call(hb("10.0.0.1@A")).code, response::SUCCESS);
+    let mut b = Client::connect(port);
+    assert_eq!(b.call(hb("10.0.0.2@B")).code, response::SUCCESS);
+    // A hears about it.
+    let n = a.read().expect("notification");
+    assert_eq!(n.code, request::NOTIFY_CONSUMER_IDS_CHANGED);
+    assert_eq!(n.ext("consumerGroup"), Some("G"));
+    let r = a.call(req(
+        request::GET_CONSUMER_LIST_BY_GROUP,
+        Json,
+        &[("consumerGroup", "G")],
+    ));
+    let ids: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+    assert_eq!(ids["consumerIdList"].as_array().unwrap().len(), 2);
+    // The retry topic exists.
+    let r = a.call(req(request::GET_ALL_TOPIC_CONFIG, Json, &[]));
+    let all: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+    assert!(all["topicConfigTable"]["%RETRY%G"].is_object());
+    // B leaves: A is told again.
+    drop(b);
+    let n = a.read().expect("second notification");
+    assert_eq!(n.code, request::NOTIFY_CONSUMER_IDS_CHANGED);
+}
