@@ -395,3 +395,76 @@ fn second_heartbeat_of_a_group_notifies_the_first_member() {
     let n = a.read().expect("second notification");
     assert_eq!(n.code, request::NOTIFY_CONSUMER_IDS_CHANGED);
 }
+
+#[test]
+fn sigkill_during_sync_flush_sends_loses_no_acknowledged_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_ns, ns_port) = start_namesrv(dir.path(), &[]);
+    let store = dir.path().join("store");
+    let (mut broker, port) = start_broker(&store, ns_port, &["flushDiskType=SYNC_FLUSH"]);
+    // Four senders, each on its own queue, until the broker dies under them.
+    let senders: Vec<_> = (0..4u32)
+        .map(|q| {
+            std::thread::spawn(move || {
+                let mut c = Client::connect(port);
+                let mut acked = Vec::new();
+                for i in 0..100_000u32 {
+                    let body = format!("q{q}-m{i}");
+                    let mut r = req(
+                        request::SEND_MESSAGE_V2,
+                        Json,
+                        &[
+                            ("a", "pg"),
+                            ("b", "Crash"),
+                            ("c", "TBW102"),
+                            ("d", "4"),
+                            ("e", &q.to_string()),
+                            ("f", "0"),
+                            ("g", "0"),
+                            ("h", "0"),
+                        ],
+                    );
+                    r.body = Bytes::from(body.clone());
+                    let Some(resp) = c.try_call(r) else {
+                        break; // the connection died with the broker
+                    };
+                    if resp.code != response::SUCCESS {
+                        break;
+                    }
+                    acked.push(body);
+                }
+                (q, acked)
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(700));
+    broker.0.kill().unwrap(); // SIGKILL
+    broker.0.wait().unwrap();
+    let acked: Vec<(u32, Vec<String>)> = senders.into_iter().map(|t| t.join().unwrap()).collect();
+    let total: usize = acked.iter().map(|a| a.1.len()).sum();
+    assert!(total > 20, "too few sends before the kill: {total}");
+    assert!(store.join("abort").exists());
+
+    let (_b2, port) = start_broker(&store, ns_port, &["flushDiskType=SYNC_FLUSH"]);
+    let mut c = Client::connect(port);
+    for (q, sent) in acked {
+        let mut got = Vec::new();
+        let mut off = 0u64;
+        loop {
+            let r = pull(&mut c, "Crash", q, off, 0);
+            if r.code != response::SUCCESS {
+                break;
+            }
+            got.extend(bodies(&r));
+            off = r.ext("nextBeginOffset").unwrap().parse().unwrap();
+        }
+        // Every acknowledged message is there, in order; at most the unacknowledged tail more.
+        assert!(
+            got.len() >= sent.len(),
+            "queue {q}: {} stored < {} acknowledged",
+            got.len(),
+            sent.len()
+        );
+        assert_eq!(&got[..sent.len()], &sent[..], "queue {q}");
+    }
+}

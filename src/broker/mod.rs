@@ -322,6 +322,8 @@ pub struct Broker {
     pub consumers: Consumers,
     /// Set when topics changed: the registration task re-registers at once.
     topics_dirty: std::sync::atomic::AtomicBool,
+    /// Wakes the persister to write topics.json at once.
+    persist_now: flume::Sender<()>,
 }
 
 thread_local! {
@@ -420,6 +422,44 @@ impl Broker {
     pub(crate) fn mark_topics_changed(&self) {
         self.topics_dirty
             .store(true, std::sync::atomic::Ordering::Relaxed);
+        let _ = self.persist_now.try_send(());
+    }
+
+    /// Topics with queues in the store but no config (created just before a crash, before
+    /// topics.json was written) get one back, so their messages stay consumable.
+    fn adopt_stored_topics(&self, store: &Store) {
+        let mut found: BTreeMap<String, u32> = BTreeMap::new();
+        for i in 0..store.shard_count() {
+            let Some(id) = crate::store::ShardId::new(i) else {
+                continue;
+            };
+            let qs = futures_lite::future::block_on(
+                store.on_shard(id, |s| async move { Ok(s.queues()) }),
+            );
+            for (t, q, _, _) in qs.unwrap_or_default() {
+                let n = found.entry(t).or_default();
+                *n = (*n).max(q + 1);
+            }
+        }
+        for (topic, n) in found {
+            let known = self
+                .topics
+                .get(&topic)
+                .map(|t| t.write_queue_nums)
+                .unwrap_or(0);
+            if known < n {
+                log::warn!(
+                    "topic {topic} has {n} queue(s) in the store but no config: restoring it"
+                );
+                self.topics.put(TopicConfig {
+                    topic_name: topic.clone(),
+                    read_queue_nums: n,
+                    write_queue_nums: n,
+                    ..Default::default()
+                });
+                self.mark_topics_changed();
+            }
+        }
     }
 }
 
@@ -466,7 +506,21 @@ pub struct Running {
 }
 
 /// Starts the broker (call from a plain thread).
-pub fn start(cfg: BrokerConfig) -> Result<Running, String> {
+pub fn start(mut cfg: BrokerConfig) -> Result<Running, String> {
+    // Resolve name-server host names once, here on a plain thread (an executor must not
+    // block on DNS); `-n localhost:9876` is what the seed runs.
+    cfg.namesrv_addrs = cfg
+        .namesrv_addrs
+        .iter()
+        .map(|a| {
+            use std::net::ToSocketAddrs;
+            a.to_socket_addrs()
+                .ok()
+                .and_then(|mut it| it.find(|s| s.is_ipv4()))
+                .map(|s| s.to_string())
+                .ok_or_else(|| format!("cannot resolve name server address {a:?}"))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
     crate::protocol::server::ensure_port_free(std::net::SocketAddr::new(
         std::net::IpAddr::from([0, 0, 0, 0]),
         cfg.listen_port,
@@ -475,7 +529,9 @@ pub fn start(cfg: BrokerConfig) -> Result<Running, String> {
     let mut store_cfg = cfg.store.clone();
     store_cfg.store_host = std::net::SocketAddr::new(cfg.broker_ip1, cfg.listen_port);
     let config_dir = store_cfg.root.join("config");
+    let (persist_tx, persist_rx) = flume::bounded::<()>(1);
     let broker = Arc::new(Broker {
+        persist_now: persist_tx,
         topics: Topics::load(config_dir.join("topics.json"), &cfg),
         offsets: Offsets::load(config_dir.join("consumerOffset.json")),
         consumers: Consumers::default(),
@@ -488,14 +544,35 @@ pub fn start(cfg: BrokerConfig) -> Result<Running, String> {
         Box::pin(async move { processor::serve_shard(b, shard, router).await })
     });
     let store = Store::open_with_service(store_cfg, Some(service)).map_err(|e| e.to_string())?;
+    broker.adopt_stored_topics(&store);
     let (stop_tx, stop_rx) = flume::bounded::<()>(1);
     let pb = broker.clone();
     let persister = std::thread::Builder::new()
         .name("persist".into())
         .spawn(move || {
             let every = Duration::from_millis(pb.cfg.flush_consumer_offset_interval_ms.max(100));
-            while let Err(flume::RecvTimeoutError::Timeout) = stop_rx.recv_timeout(every) {
-                pb.persist();
+            let mut next = Instant::now() + every;
+            enum Ev {
+                Stop,
+                TopicsChanged,
+                Tick,
+            }
+            loop {
+                let left = next.saturating_duration_since(Instant::now());
+                let ev = flume::Selector::new()
+                    .recv(&stop_rx, |_| Ev::Stop)
+                    .recv(&persist_rx, |_| Ev::TopicsChanged)
+                    .wait_timeout(left)
+                    .unwrap_or(Ev::Tick);
+                match ev {
+                    Ev::Stop => return,
+                    // Upstream persists topics.json as soon as a topic is created.
+                    Ev::TopicsChanged => pb.topics.persist(),
+                    Ev::Tick => {
+                        pb.persist();
+                        next = Instant::now() + every;
+                    }
+                }
             }
         })
         .map_err(|e| e.to_string())?;

@@ -109,16 +109,22 @@ impl Client {
     }
 
     /// Sends a request and returns its response (skipping server-initiated requests).
-    pub fn call(&mut self, mut req: RemotingCommand) -> RemotingCommand {
+    pub fn call(&mut self, req: RemotingCommand) -> RemotingCommand {
+        self.try_call(req)
+            .expect("connection closed before the response")
+    }
+
+    /// As [`Client::call`], `None` when the connection closes first.
+    pub fn try_call(&mut self, mut req: RemotingCommand) -> Option<RemotingCommand> {
         self.opaque += 1;
         req.opaque = self.opaque;
         let mut out = BytesMut::new();
         frame::encode(&req, &mut out);
-        self.s.write_all(&out).unwrap();
+        self.s.write_all(&out).ok()?;
         loop {
-            let c = self.read().expect("connection closed before the response");
+            let c = self.read()?;
             if c.is_response() && c.opaque == req.opaque {
-                return c;
+                return Some(c);
             }
         }
     }
