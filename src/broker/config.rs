@@ -261,6 +261,15 @@ mod tests {
     }
 
     #[test]
+    fn shipped_cluster_files_load() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("conf/2m-2s-async");
+        for f in ["broker-a", "broker-a-s", "broker-b", "broker-b-s"] {
+            let c = BrokerConfig::load(&dir.join(format!("{f}.properties"))).unwrap();
+            assert_eq!(c.broker_id == 0, !f.ends_with("-s"), "{f}");
+        }
+    }
+
+    #[test]
     fn bad_values_name_file_line_and_key() {
         let mut c = BrokerConfig::default();
         let e = c
