@@ -654,17 +654,19 @@ impl ShardStore {
         Ok(())
     }
 
+    /// Waits `every`, or less if the shard starts closing; false once it is closing.
+    async fn tick(&self, every: Duration) -> bool {
+        futures_lite::future::or(
+            glommio::timer::sleep(every),
+            self.dispatch_signal.wait_until(|| self.closing.get()),
+        )
+        .await;
+        !self.closing.get()
+    }
+
     async fn run_logics_flusher(self: Rc<Self>) {
         let every = Duration::from_millis(self.cfg.flush_cq_interval_ms.max(1));
-        while !self.closing.get() {
-            futures_lite::future::or(
-                glommio::timer::sleep(every),
-                self.dispatch_signal.wait_until(|| self.closing.get()),
-            )
-            .await;
-            if self.closing.get() {
-                return;
-            }
+        while self.tick(every).await {
             if let Err(e) = self.flush_logics(true).await {
                 log::error!("shard {}: flushing consume queues and index: {e}", self.id);
             }
@@ -983,15 +985,7 @@ impl ShardStore {
 
     async fn run_retention(self: Rc<Self>) {
         let every = Duration::from_millis(self.cfg.clean_resource_interval_ms.max(10));
-        while !self.closing.get() {
-            futures_lite::future::or(
-                glommio::timer::sleep(every),
-                self.dispatch_signal.wait_until(|| self.closing.get()),
-            )
-            .await;
-            if self.closing.get() {
-                return;
-            }
+        while self.tick(every).await {
             let now = self.now();
             let dir = self.cfg.commitlog_dir.clone();
             let due = {
