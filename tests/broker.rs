@@ -468,3 +468,76 @@ fn sigkill_during_sync_flush_sends_loses_no_acknowledged_message() {
         assert_eq!(&got[..sent.len()], &sent[..], "queue {q}");
     }
 }
+
+#[test]
+fn topic_and_consume_stats_and_subscription_groups() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_ns, ns_port) = start_namesrv(dir.path(), &[]);
+    let store = dir.path().join("store");
+    let (mut broker, port) = start_broker(&store, ns_port, &[]);
+    let mut c = Client::connect(port);
+    for i in 0..3 {
+        assert_eq!(
+            send_v2(&mut c, "Stats", 0, &format!("m{i}"), "A", "", "").code,
+            response::SUCCESS
+        );
+    }
+    let mut hb = req(request::HEART_BEAT, Json, &[]);
+    hb.body = Bytes::from_static(br#"{"clientID":"c1","consumerDataSet":[{"groupName":"SG","subscriptionDataSet":[{"topic":"Stats","subString":"*"}]}]}"#);
+    assert_eq!(c.call(hb).code, response::SUCCESS);
+    let up = req(
+        request::UPDATE_CONSUMER_OFFSET,
+        Json,
+        &[
+            ("consumerGroup", "SG"),
+            ("topic", "Stats"),
+            ("queueId", "0"),
+            ("commitOffset", "2"),
+        ],
+    );
+    assert_eq!(c.call(up).code, response::SUCCESS);
+    // Dispatch is asynchronous: wait until the queue shows all three.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while c
+        .call(req(
+            request::GET_MAX_OFFSET,
+            Json,
+            &[("topic", "Stats"), ("queueId", "0")],
+        ))
+        .ext("offset")
+        != Some("3")
+    {
+        assert!(Instant::now() < deadline);
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // fastjson's object map keys (reference §3.11), as Java admin tools read them.
+    let r = c.call(req(
+        request::GET_TOPIC_STATS_INFO,
+        Json,
+        &[("topic", "Stats")],
+    ));
+    let body = String::from_utf8(r.body.to_vec()).unwrap();
+    assert!(
+        body.contains(r#""queueId":0,"topic":"Stats"}:{"lastUpdateTimestamp":"#),
+        "{body}"
+    );
+    assert!(body.contains(r#""maxOffset":3,"minOffset":0"#), "{body}");
+    let r = c.call(req(
+        request::GET_CONSUME_STATS,
+        Json,
+        &[("consumerGroup", "SG")],
+    ));
+    let body = String::from_utf8(r.body.to_vec()).unwrap();
+    assert!(
+        body.contains(r#""queueId":0,"topic":"Stats"}:{"brokerOffset":3,"consumerOffset":2"#),
+        "{body}"
+    );
+    drop(c);
+    stop(&mut broker);
+    let groups = std::fs::read_to_string(store.join("config/subscriptionGroup.json")).unwrap();
+    let v: serde_json::Value = serde_json::from_str(&groups).unwrap();
+    assert_eq!(
+        v["subscriptionGroupTable"]["SG"]["retryMaxTimes"], 16,
+        "{groups}"
+    );
+}

@@ -7,6 +7,7 @@
 
 pub mod config;
 pub mod processor;
+pub mod stats;
 
 use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap};
@@ -200,6 +201,107 @@ impl Offsets {
     }
 }
 
+/// `SubscriptionGroupConfig` (reference §7.6), with upstream's defaults.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct SubscriptionGroupConfig {
+    pub group_name: String,
+    pub consume_enable: bool,
+    pub consume_from_min_enable: bool,
+    pub consume_broadcast_enable: bool,
+    pub consume_message_orderly: bool,
+    pub retry_queue_nums: u32,
+    pub retry_max_times: u32,
+    pub broker_id: i64,
+    pub which_broker_when_consume_slowly: i64,
+    pub notify_consumer_ids_changed_enable: bool,
+    pub group_sys_flag: i32,
+    pub consume_timeout_minute: u32,
+    pub attributes: BTreeMap<String, String>,
+}
+
+impl Default for SubscriptionGroupConfig {
+    fn default() -> Self {
+        SubscriptionGroupConfig {
+            group_name: String::new(),
+            consume_enable: true,
+            consume_from_min_enable: true,
+            consume_broadcast_enable: true,
+            consume_message_orderly: false,
+            retry_queue_nums: 1,
+            retry_max_times: 16,
+            broker_id: 0,
+            which_broker_when_consume_slowly: 1,
+            notify_consumer_ids_changed_enable: true,
+            group_sys_flag: 0,
+            consume_timeout_minute: 15,
+            attributes: BTreeMap::new(),
+        }
+    }
+}
+
+#[derive(serde::Serialize, Deserialize, Default)]
+#[serde(rename_all = "camelCase", default)]
+struct SubscriptionGroupFile {
+    subscription_group_table: BTreeMap<String, SubscriptionGroupConfig>,
+    forbidden_table: BTreeMap<String, BTreeMap<String, i32>>,
+    data_version: DataVersion,
+}
+
+/// SubscriptionGroupManager: `config/subscriptionGroup.json`; groups are created on their
+/// first heartbeat (`autoCreateSubscriptionGroup`).
+pub struct SubscriptionGroups {
+    table: Mutex<SubscriptionGroupFile>,
+    path: PathBuf,
+}
+
+impl SubscriptionGroups {
+    fn load(path: PathBuf) -> SubscriptionGroups {
+        let table = read_config(&path)
+            .and_then(|t| match crate::protocol::json::parse(t.as_bytes()) {
+                Ok(f) => Some(f),
+                Err(e) => {
+                    log::error!(
+                        "{}: {e}; starting with no subscription groups",
+                        path.display()
+                    );
+                    None
+                }
+            })
+            .unwrap_or_default();
+        SubscriptionGroups {
+            table: Mutex::new(table),
+            path,
+        }
+    }
+
+    /// The group's config, created with the defaults if new.
+    pub fn get_or_create(&self, group: &str) -> SubscriptionGroupConfig {
+        let mut t = lock(&self.table);
+        let created = !t.subscription_group_table.contains_key(group);
+        let c = t
+            .subscription_group_table
+            .entry(group.to_string())
+            .or_insert_with(|| SubscriptionGroupConfig {
+                group_name: group.to_string(),
+                ..Default::default()
+            })
+            .clone();
+        if created {
+            t.data_version.counter += 1;
+            t.data_version.timestamp = now_ms();
+        }
+        c
+    }
+
+    fn persist(&self) {
+        let text = serde_json::to_string_pretty(&*lock(&self.table)).unwrap_or_default();
+        if let Err(e) = write_config(&self.path, &text) {
+            log::error!("writing {}: {e}", self.path.display());
+        }
+    }
+}
+
 /// One subscription of a consumer group (from HEART_BEAT).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Subscription {
@@ -289,6 +391,14 @@ impl Consumers {
             .unwrap_or_default()
     }
 
+    /// Topics a group subscribes to.
+    pub fn topics_of(&self, group: &str) -> Vec<String> {
+        lock(&self.groups)
+            .get(group)
+            .map(|g| g.subs.keys().cloned().collect())
+            .unwrap_or_default()
+    }
+
     pub fn subscription(&self, group: &str, topic: &str) -> Option<Subscription> {
         lock(&self.groups)
             .get(group)
@@ -319,6 +429,7 @@ pub struct Broker {
     pub cfg: BrokerConfig,
     pub topics: Topics,
     pub offsets: Offsets,
+    pub groups: SubscriptionGroups,
     pub consumers: Consumers,
     /// Set when topics changed: the registration task re-registers at once.
     topics_dirty: std::sync::atomic::AtomicBool,
@@ -417,6 +528,7 @@ impl Broker {
     pub fn persist(&self) {
         self.topics.persist();
         self.offsets.persist();
+        self.groups.persist();
     }
 
     pub(crate) fn mark_topics_changed(&self) {
@@ -534,6 +646,7 @@ pub fn start(mut cfg: BrokerConfig) -> Result<Running, String> {
         persist_now: persist_tx,
         topics: Topics::load(config_dir.join("topics.json"), &cfg),
         offsets: Offsets::load(config_dir.join("consumerOffset.json")),
+        groups: SubscriptionGroups::load(config_dir.join("subscriptionGroup.json")),
         consumers: Consumers::default(),
         topics_dirty: std::sync::atomic::AtomicBool::new(false),
         cfg,

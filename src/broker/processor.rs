@@ -334,6 +334,8 @@ pub async fn process(
             r
         }
         request::GET_BROKER_RUNTIME_INFO => runtime_info(h, &req).await,
+        request::GET_TOPIC_STATS_INFO => topic_stats(h, &req).await,
+        request::GET_CONSUME_STATS => consume_stats(h, &req).await,
         request::QUERY_MESSAGE => query_message(h, &req).await,
         request::VIEW_MESSAGE_BY_ID => {
             let Some(off) = num::<i64>(&req, "offset").and_then(CommitLogOffset::from_i64) else {
@@ -771,6 +773,7 @@ async fn heartbeat(h: &BrokerHandler, req: &RemotingCommand, conn: &Rc<Conn>) ->
         if cd.group_name.is_empty() {
             continue;
         }
+        h.broker.groups.get_or_create(&cd.group_name);
         let retry = format!("%RETRY%{}", cd.group_name);
         if h.broker.topics.get(&retry).is_none() {
             topic_for_send(h, &retry, 1);
@@ -798,6 +801,72 @@ async fn heartbeat(h: &BrokerHandler, req: &RemotingCommand, conn: &Rc<Conn>) ->
         }
     }
     resp(req, response::SUCCESS, None)
+}
+
+/// Per queue of `topic`: (queueId, min, max, store time of the newest message).
+async fn queue_table(h: &BrokerHandler, topic: &str, queues: u32) -> Vec<(u32, u64, u64, i64)> {
+    let mut out = Vec::new();
+    for q in 0..queues {
+        let (min, max) = h.router.queue_range(topic, q).await.unwrap_or((0, 0));
+        let ts = if max > 0 {
+            let t = topic.to_string();
+            h.router
+                .on_shard(
+                    shard_of(topic, q, h.router.shard_count()),
+                    move |s| async move { s.search_store_time(&t, q, max - 1).await },
+                )
+                .await
+                .unwrap_or(0)
+        } else {
+            0
+        };
+        out.push((q, min, max, ts));
+    }
+    out
+}
+
+async fn topic_stats(h: &BrokerHandler, req: &RemotingCommand) -> RemotingCommand {
+    let Some(t) = req.ext("topic") else {
+        return missing(req, "topic");
+    };
+    let Some(tc) = h.broker.topics.get(t) else {
+        return resp(
+            req,
+            response::TOPIC_NOT_EXIST,
+            format!("topic[{t}] not exist"),
+        );
+    };
+    let table = queue_table(h, t, tc.write_queue_nums.max(tc.read_queue_nums)).await;
+    let mut r = resp(req, response::SUCCESS, None);
+    r.body = super::stats::topic_stats(&h.broker.cfg.broker_name, t, &table)
+        .into_bytes()
+        .into();
+    r
+}
+
+async fn consume_stats(h: &BrokerHandler, req: &RemotingCommand) -> RemotingCommand {
+    let Some(g) = req.ext("consumerGroup") else {
+        return missing(req, "consumerGroup");
+    };
+    let topics: Vec<String> = match req.ext("topic") {
+        Some(t) if !t.is_empty() => vec![t.to_string()],
+        _ => h.broker.consumers.topics_of(g),
+    };
+    let mut rows = Vec::new();
+    for t in topics {
+        let Some(tc) = h.broker.topics.get(&t) else {
+            continue;
+        };
+        for (q, _, max, _) in queue_table(h, &t, tc.read_queue_nums).await {
+            let consumer = h.broker.offsets.query(g, &t, q).unwrap_or(-1);
+            rows.push((t.clone(), q, max, consumer, 0));
+        }
+    }
+    let mut r = resp(req, response::SUCCESS, None);
+    r.body = super::stats::consume_stats(&h.broker.cfg.broker_name, &rows)
+        .into_bytes()
+        .into();
+    r
 }
 
 async fn runtime_info(h: &BrokerHandler, req: &RemotingCommand) -> RemotingCommand {

@@ -941,6 +941,14 @@ impl ShardStore {
         Ok(lo)
     }
 
+    /// Store time of the message at `offset` of a queue (0 when none).
+    pub async fn search_store_time(&self, topic: &str, queue_id: u32, offset: u64) -> Result<i64> {
+        let Some(q) = self.queue(topic, queue_id) else {
+            return Ok(0);
+        };
+        Ok(self.store_ts_at(&q, offset).await?.unwrap_or(0))
+    }
+
     /// Store time of the oldest message of a queue.
     pub async fn earliest_msg_store_time(&self, topic: &str, queue_id: u32) -> Result<i64> {
         let Some(q) = self.queue(topic, queue_id) else {
