@@ -479,20 +479,24 @@ impl Broker {
 
     fn register_request(&self, code: i32) -> RemotingCommand {
         let mut r = RemotingCommand::request(code, HeaderCodec::Json);
-        r.set_ext("brokerName", &self.cfg.broker_name);
-        r.set_ext("brokerAddr", self.cfg.broker_addr());
-        r.set_ext("clusterName", &self.cfg.cluster_name);
-        r.set_ext("brokerId", self.cfg.broker_id);
-        r.set_ext(
-            "haServerAddr",
-            format!("{}:{}", self.cfg.broker_ip1, self.cfg.listen_port + 1),
-        );
-        if code == request::REGISTER_BROKER {
-            let body = self.register_body();
-            r.set_ext("bodyCrc32", crate::message::body_crc(&body));
-            r.set_ext("compressed", "false");
-            r.body = body.into();
+        let register = code == request::REGISTER_BROKER;
+        let body = if register {
+            self.register_body()
+        } else {
+            Vec::new()
+        };
+        crate::protocol::header::route::RegisterBrokerRequestHeader {
+            broker_name: self.cfg.broker_name.clone(),
+            broker_addr: self.cfg.broker_addr(),
+            cluster_name: self.cfg.cluster_name.clone(),
+            ha_server_addr: format!("{}:{}", self.cfg.broker_ip1, self.cfg.listen_port + 1),
+            broker_id: self.cfg.broker_id,
+            heartbeat_timeout_millis: None,
+            compressed: false,
+            body_crc32: crate::message::body_crc(&body) as i64,
         }
+        .encode(&mut r, register);
+        r.body = body.into();
         r
     }
 

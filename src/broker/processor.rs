@@ -16,6 +16,11 @@ use super::{Broker, Subscription, CONNS};
 use crate::message::{msgid, properties, tags_code};
 use crate::namesrv::route::TopicConfig;
 use crate::protocol::code::{request, response};
+use crate::protocol::header::offset::{ConsumerOffsetHeader, QueueHeader};
+use crate::protocol::header::pull::{
+    sys_flag as pull_flag, PullMessageRequestHeader, PullMessageResponseHeader,
+};
+use crate::protocol::header::send::{SendMessageRequestHeader, SendMessageResponseHeader};
 use crate::protocol::server::{not_supported, serve_connection, Conn, Handler};
 use crate::protocol::RemotingCommand;
 use crate::store::shard::{shard_of, ShardStore};
@@ -136,13 +141,13 @@ fn missing(req: &RemotingCommand, f: &str) -> RemotingCommand {
     )
 }
 
-/// A header field parsed leniently (numbers as text, booleans as `true`/`1`).
+/// Optional header fields of the smaller requests (the big families have typed headers).
 fn num<T: std::str::FromStr>(req: &RemotingCommand, k: &str) -> Option<T> {
-    req.ext(k).and_then(|v| v.trim().parse().ok())
+    crate::protocol::header::opt_num(req, k)
 }
 
 fn flag(req: &RemotingCommand, k: &str) -> bool {
-    matches!(req.ext(k), Some(v) if v.eq_ignore_ascii_case("true") || v == "1")
+    crate::protocol::header::opt_bool(req, k).unwrap_or(false)
 }
 
 /// Maps a store error to a response code and remark (the one place that does).
@@ -194,25 +199,24 @@ pub async fn process(
         }
         request::PULL_MESSAGE | request::LITE_PULL_MESSAGE => pull(h, &req).await,
         request::QUERY_CONSUMER_OFFSET => query_offset(h, &req).await,
-        request::UPDATE_CONSUMER_OFFSET => {
-            match (
-                req.ext("consumerGroup"),
-                req.ext("topic"),
-                num::<u32>(&req, "queueId"),
-                num::<i64>(&req, "commitOffset"),
-            ) {
-                (Some(g), Some(t), Some(q), Some(o)) => {
-                    h.broker.offsets.commit(g, t, q, o);
-                    resp(&req, response::SUCCESS, None)
-                }
-                _ => missing(&req, "consumerGroup/topic/queueId/commitOffset"),
+        request::UPDATE_CONSUMER_OFFSET => match ConsumerOffsetHeader::decode_update(&req) {
+            Ok((hd, o)) => {
+                h.broker
+                    .offsets
+                    .commit(&hd.consumer_group, &hd.topic, hd.queue_id, o);
+                resp(&req, response::SUCCESS, None)
             }
-        }
+            Err(e) => resp(&req, response::SYSTEM_ERROR, e.to_string()),
+        },
         request::GET_MIN_OFFSET | request::GET_MAX_OFFSET => {
-            let (Some(t), Some(q)) = (req.ext("topic"), num::<u32>(&req, "queueId")) else {
-                return Some(missing(&req, "topic/queueId"));
+            let QueueHeader {
+                topic: t,
+                queue_id: q,
+            } = match QueueHeader::decode(&req) {
+                Ok(x) => x,
+                Err(e) => return Some(resp(&req, response::SYSTEM_ERROR, e.to_string())),
             };
-            match h.router.queue_range(t, q).await {
+            match h.router.queue_range(&t, q).await {
                 Ok((min, max)) => {
                     let mut r = resp(&req, response::SUCCESS, None);
                     r.set_ext(
@@ -246,10 +250,14 @@ pub async fn process(
             }
         }
         request::GET_EARLIEST_MSG_STORETIME => {
-            let (Some(t), Some(q)) = (req.ext("topic"), num::<u32>(&req, "queueId")) else {
-                return Some(missing(&req, "topic/queueId"));
+            let QueueHeader {
+                topic: t,
+                queue_id: q,
+            } = match QueueHeader::decode(&req) {
+                Ok(x) => x,
+                Err(e) => return Some(resp(&req, response::SYSTEM_ERROR, e.to_string())),
             };
-            match h.router.earliest_msg_store_time(t, q).await {
+            match h.router.earliest_msg_store_time(&t, q).await {
                 Ok(ts) => {
                     let mut r = resp(&req, response::SUCCESS, None);
                     r.set_ext("timestamp", ts);
@@ -399,16 +407,15 @@ async fn send(
     req: &RemotingCommand,
     peer: std::net::SocketAddr,
 ) -> RemotingCommand {
-    let v2 = req.code != request::SEND_MESSAGE;
-    let k = |v1: &'static str, short: &'static str| if v2 { short } else { v1 };
-    let Some(topic) = req.ext(k("topic", "b")) else {
-        return missing(req, "topic");
+    let hdr = match SendMessageRequestHeader::decode(req) {
+        Ok(x) => x,
+        Err(e) => return resp(req, response::SYSTEM_ERROR, e.to_string()),
     };
+    let topic = hdr.topic.as_str();
     if let Err(m) = validate_topic(topic) {
         return resp(req, response::MESSAGE_ILLEGAL, m);
     }
-    let queue_nums = num(req, k("defaultTopicQueueNums", "d")).unwrap_or(4);
-    let Some(tc) = topic_for_send(h, topic, queue_nums) else {
+    let Some(tc) = topic_for_send(h, topic, hdr.default_topic_queue_nums.max(1) as u32) else {
         return resp(
             req,
             response::TOPIC_NOT_EXIST,
@@ -422,21 +429,16 @@ async fn send(
             format!("the topic[{topic}] sending is forbidden"),
         );
     }
-    let qid = num::<i64>(req, k("queueId", "e")).unwrap_or(0);
-    let queue_id = if qid < 0 {
+    let queue_id = if hdr.queue_id < 0 {
         0
     } else {
-        (qid as u32) % tc.write_queue_nums.max(1)
+        (hdr.queue_id as u32) % tc.write_queue_nums.max(1)
     };
-    let sys_flag = num(req, k("sysFlag", "f")).unwrap_or(0);
-    let born_ts = num(req, k("bornTimestamp", "g")).unwrap_or(0);
-    let user_flag = num(req, k("flag", "h")).unwrap_or(0);
-    let reconsume = num(req, k("reconsumeTimes", "j")).unwrap_or(0);
-    let mut header_props = req
-        .ext(k("properties", "i"))
-        .unwrap_or_default()
-        .as_bytes()
-        .to_vec();
+    let sys_flag = hdr.sys_flag;
+    let born_ts = hdr.born_timestamp;
+    let user_flag = hdr.flag;
+    let reconsume = hdr.reconsume_times.unwrap_or(0);
+    let mut header_props = hdr.properties.clone().unwrap_or_default().into_bytes();
     let born_host = peer;
     let max = h.broker.cfg.store.max_message_size;
     let mut msgs = Vec::new();
@@ -532,12 +534,13 @@ async fn send(
                 .iter()
                 .map(|p| msgid::create_message_id(p.store_host, p.offset.as_i64()))
                 .collect();
-            r.set_ext("msgId", ids.join(","));
-            r.set_ext("queueId", queue_id);
-            r.set_ext("queueOffset", first.queue_offset);
-            if !uniq.is_empty() {
-                r.set_ext("transactionId", uniq.join(","));
+            SendMessageResponseHeader {
+                msg_id: ids.join(","),
+                queue_id: queue_id as i32,
+                queue_offset: first.queue_offset as i64,
+                transaction_id: (!uniq.is_empty()).then(|| uniq.join(",")),
             }
+            .encode(&mut r);
             r.set_ext("MSG_REGION", &h.broker.cfg.region_id);
             r.set_ext("TRACE_ON", h.broker.cfg.trace_on);
             r
@@ -604,14 +607,16 @@ pub fn subscription_of(expr: &str) -> Subscription {
 /// PULL_MESSAGE with long polling: an empty pull that may suspend is held on the queue's
 /// shard until a message for the queue is dispatched or the suspend time passes.
 async fn pull(h: &BrokerHandler, req: &RemotingCommand) -> RemotingCommand {
-    let (Some(group), Some(topic), Some(qid), Some(offset)) = (
-        req.ext("consumerGroup"),
-        req.ext("topic"),
-        num::<u32>(req, "queueId"),
-        num::<i64>(req, "queueOffset"),
-    ) else {
-        return missing(req, "consumerGroup/topic/queueId/queueOffset");
+    let hdr = match PullMessageRequestHeader::decode(req) {
+        Ok(x) => x,
+        Err(e) => return resp(req, response::SYSTEM_ERROR, e.to_string()),
     };
+    let (group, topic, qid, offset) = (
+        hdr.consumer_group.as_str(),
+        hdr.topic.as_str(),
+        hdr.queue_id,
+        hdr.queue_offset,
+    );
     if h.broker.topics.get(topic).is_none() && !topic.starts_with("%RETRY%") {
         return resp(
             req,
@@ -619,10 +624,14 @@ async fn pull(h: &BrokerHandler, req: &RemotingCommand) -> RemotingCommand {
             format!("topic[{topic}] not exist, apply first please!"),
         );
     }
-    let sys_flag: i32 = num(req, "sysFlag").unwrap_or(0);
-    let max_msgs = num::<usize>(req, "maxMsgNums").unwrap_or(32).clamp(1, 1024);
-    let suspend_ms = if sys_flag & 0x2 != 0 {
-        let s = num::<u64>(req, "suspendTimeoutMillis").unwrap_or(15_000);
+    let sys_flag = hdr.sys_flag;
+    let max_msgs = hdr.max_msg_nums.clamp(1, 1024) as usize;
+    let suspend_ms = if sys_flag & pull_flag::SUSPEND != 0 {
+        let s = if hdr.suspend_timeout_millis > 0 {
+            hdr.suspend_timeout_millis as u64
+        } else {
+            15_000
+        };
         if h.broker.cfg.long_polling_enable {
             s
         } else {
@@ -631,15 +640,13 @@ async fn pull(h: &BrokerHandler, req: &RemotingCommand) -> RemotingCommand {
     } else {
         0
     };
-    if sys_flag & 0x1 != 0 {
-        if let Some(c) = num::<i64>(req, "commitOffset") {
-            if c >= 0 {
-                h.broker.offsets.commit(group, topic, qid, c);
-            }
-        }
+    if sys_flag & pull_flag::COMMIT_OFFSET != 0 && hdr.commit_offset >= 0 {
+        h.broker
+            .offsets
+            .commit(group, topic, qid, hdr.commit_offset);
     }
-    let sub = if sys_flag & 0x4 != 0 {
-        req.ext("subscription").map(subscription_of)
+    let sub = if sys_flag & pull_flag::SUBSCRIPTION != 0 {
+        hdr.subscription.as_deref().map(subscription_of)
     } else {
         h.broker.consumers.subscription(group, topic)
     };
@@ -688,10 +695,13 @@ async fn pull(h: &BrokerHandler, req: &RemotingCommand) -> RemotingCommand {
         GetStatus::OffsetOverflowBadly | GetStatus::OffsetTooSmall => response::PULL_OFFSET_MOVED,
     };
     let mut r = resp(req, code, None);
-    r.set_ext("suggestWhichBrokerId", 0);
-    r.set_ext("nextBeginOffset", g.next_begin_offset);
-    r.set_ext("minOffset", g.min_offset);
-    r.set_ext("maxOffset", g.max_offset);
+    PullMessageResponseHeader {
+        suggest_which_broker_id: 0,
+        next_begin_offset: g.next_begin_offset as i64,
+        min_offset: g.min_offset as i64,
+        max_offset: g.max_offset as i64,
+    }
+    .encode(&mut r);
     if code == response::SUCCESS {
         let mut body = BytesMut::with_capacity(g.messages.iter().map(|m| m.len()).sum());
         for m in &g.messages {
@@ -703,17 +713,15 @@ async fn pull(h: &BrokerHandler, req: &RemotingCommand) -> RemotingCommand {
 }
 
 async fn query_offset(h: &BrokerHandler, req: &RemotingCommand) -> RemotingCommand {
-    let (Some(g), Some(t), Some(q)) = (
-        req.ext("consumerGroup"),
-        req.ext("topic"),
-        num::<u32>(req, "queueId"),
-    ) else {
-        return missing(req, "consumerGroup/topic/queueId");
+    let hd = match ConsumerOffsetHeader::decode(req) {
+        Ok(x) => x,
+        Err(e) => return resp(req, response::SYSTEM_ERROR, e.to_string()),
     };
+    let (g, t, q) = (hd.consumer_group.as_str(), hd.topic.as_str(), hd.queue_id);
     let found = h.broker.offsets.query(g, t, q).filter(|o| *o >= 0);
     let offset = match found {
         Some(o) => Some(o),
-        None if flag(req, "setZeroIfNotFound") || req.ext("setZeroIfNotFound").is_none() => {
+        None if hd.set_zero_if_not_found.unwrap_or(true) => {
             // A queue whose first message is still stored starts at 0 (reference §3.5).
             match h.router.queue_range(t, q).await {
                 Ok((0, _)) => Some(0),

@@ -17,6 +17,7 @@ use bytes::Bytes;
 use serde::Serialize;
 
 use crate::protocol::code::{request, response};
+use crate::protocol::header::route::RegisterBrokerRequestHeader;
 use crate::protocol::server::{not_supported, serve_connection, Conn, Handler};
 use crate::protocol::RemotingCommand;
 use route::{RegisterBrokerBody, Registration, RouteTable, TopicConfigWrapper};
@@ -184,29 +185,30 @@ impl NameServer {
     }
 
     fn register_broker(&self, req: &RemotingCommand) -> RemotingCommand {
-        let (Some(cluster), Some(name), Some(addr)) = (
-            req.ext("clusterName"),
-            req.ext("brokerName"),
-            req.ext("brokerAddr"),
-        ) else {
-            return missing(req, "brokerName");
+        let hd = match RegisterBrokerRequestHeader::decode(req) {
+            Ok(x) => x,
+            Err(e) => {
+                return RemotingCommand::response_to(
+                    req,
+                    response::SYSTEM_ERROR,
+                    Some(e.to_string()),
+                )
+            }
         };
-        let id: i64 = req
-            .ext("brokerId")
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0);
-        let crc: i64 = req
-            .ext("bodyCrc32")
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0);
-        if crc != 0 && crc != crate::message::body_crc(&req.body) as i64 {
+        let (cluster, name, addr, id) = (
+            hd.cluster_name.as_str(),
+            hd.broker_name.as_str(),
+            hd.broker_addr.as_str(),
+            hd.broker_id,
+        );
+        if hd.body_crc32 != 0 && hd.body_crc32 != crate::message::body_crc(&req.body) as i64 {
             return RemotingCommand::response_to(
                 req,
                 response::SYSTEM_ERROR,
                 Some("crc32 not match".into()),
             );
         }
-        if req.ext("compressed") == Some("true") {
+        if hd.compressed {
             return RemotingCommand::response_to(
                 req,
                 response::SYSTEM_ERROR,
@@ -227,10 +229,7 @@ impl NameServer {
                 }
             }
         };
-        let timeout = req
-            .ext("heartbeatTimeoutMillis")
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0);
+        let timeout = hd.heartbeat_timeout_millis.unwrap_or(0);
         let known = self
             .routes
             .borrow()
@@ -243,7 +242,7 @@ impl NameServer {
                 broker_name: name,
                 broker_addr: addr,
                 broker_id: id,
-                ha_server_addr: req.ext("haServerAddr").unwrap_or_default(),
+                ha_server_addr: &hd.ha_server_addr,
                 timeout_ms: timeout,
                 topics: body.as_ref(),
             },

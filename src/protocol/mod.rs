@@ -5,6 +5,7 @@
 pub mod code;
 pub mod command;
 pub mod frame;
+pub mod header;
 pub mod json;
 pub mod server;
 

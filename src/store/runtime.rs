@@ -398,6 +398,7 @@ impl Router {
     pub async fn queue_range(&self, topic: &str, queue_id: u32) -> Result<(u64, u64)> {
         let t = topic.to_string();
         self.on_shard(self.shard_of(topic, queue_id), move |s| async move {
+            s.settle().await;
             Ok(s.queue_range(&t, queue_id))
         })
         .await

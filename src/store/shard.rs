@@ -673,6 +673,16 @@ impl ShardStore {
         }
     }
 
+    /// Waits until every record appended before this call is dispatched to its consume queue
+    /// (read-your-writes for the calls below; the dispatcher runs on this shard, so this is
+    /// normally a few microseconds).
+    pub async fn settle(&self) {
+        let target = self.log.written();
+        self.arrivals
+            .wait_until(|| self.dispatched.get() >= target || self.closing.get())
+            .await;
+    }
+
     /// Reads up to `max_msgs` messages of a queue from `offset` whose tag code is in
     /// `tag_codes` (all when `None`). Disk reads are verified (CRC): a corrupt record is an
     /// error naming file and offset, never served.
@@ -692,6 +702,7 @@ impl ShardStore {
             min_offset: 0,
             max_offset: 0,
         };
+        self.settle().await;
         let Some(q) = self.queue(topic, queue_id) else {
             return Ok(r);
         };
@@ -926,6 +937,7 @@ impl ShardStore {
         queue_id: u32,
         ts: i64,
     ) -> Result<u64> {
+        self.settle().await;
         let Some(q) = self.queue(topic, queue_id) else {
             return Ok(0);
         };
