@@ -9,7 +9,7 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::{Bytes, BytesMut};
 use serde::Deserialize;
 
 use super::{Broker, Subscription, CONNS};
@@ -450,10 +450,10 @@ async fn send(
                 format!("the message body size over max value, MAX: {max}"),
             );
         }
-        match decode_batch(&req.body) {
+        match crate::message::batch::decode(&req.body) {
             Ok(items) => {
-                for (flag, body, props) in items {
-                    msgs.push((flag, body, props));
+                for it in items {
+                    msgs.push((it.flag, it.body, it.properties));
                 }
             }
             Err(e) => {
@@ -547,40 +547,6 @@ async fn send(
         }
         Err(e) => store_error(req, &e),
     }
-}
-
-/// Items of a batch body (reference §4.3): (flag, body, properties).
-fn decode_batch(mut b: &[u8]) -> Result<Vec<(i32, Bytes, Bytes)>, String> {
-    let mut out = Vec::new();
-    while !b.is_empty() {
-        if b.len() < 20 {
-            return Err("truncated item header".into());
-        }
-        let total = i32::from_be_bytes([b[0], b[1], b[2], b[3]]);
-        let total = usize::try_from(total)
-            .ok()
-            .filter(|t| *t >= 22 && *t <= b.len())
-            .ok_or("bad item TOTALSIZE")?;
-        let mut item = &b[..total];
-        item.advance(12);
-        let flag = item.get_i32();
-        let body_len = usize::try_from(item.get_i32()).map_err(|_| "bad body length")?;
-        if body_len + 2 > item.len() {
-            return Err("body overruns its item".into());
-        }
-        let body = Bytes::copy_from_slice(&item[..body_len]);
-        item.advance(body_len);
-        let props_len = usize::try_from(item.get_i16()).map_err(|_| "bad properties length")?;
-        if props_len != item.len() {
-            return Err("properties do not fill the item".into());
-        }
-        out.push((flag, body, Bytes::copy_from_slice(item)));
-        b = &b[total..];
-    }
-    if out.is_empty() {
-        return Err("empty batch".into());
-    }
-    Ok(out)
 }
 
 /// Tag codes of a subscription expression (`*` = all).
@@ -948,33 +914,5 @@ mod tests {
             subscription_of("TagA || TagB ||").codes,
             Some(vec![2598919, 2598920])
         );
-    }
-
-    #[test]
-    fn batch_body_items() {
-        let mut b = Vec::new();
-        for (body, props) in [(&b"one"[..], &b"UNIQ_KEY\x01A\x02"[..]), (b"two", b"")] {
-            let total = 4 + 4 + 4 + 4 + 4 + body.len() + 2 + props.len();
-            b.extend_from_slice(&(total as i32).to_be_bytes());
-            b.extend_from_slice(&[0; 8]);
-            b.extend_from_slice(&7i32.to_be_bytes());
-            b.extend_from_slice(&(body.len() as i32).to_be_bytes());
-            b.extend_from_slice(body);
-            b.extend_from_slice(&(props.len() as i16).to_be_bytes());
-            b.extend_from_slice(props);
-        }
-        let items = decode_batch(&b).unwrap();
-        assert_eq!(items.len(), 2);
-        assert_eq!(items[0].0, 7);
-        assert_eq!(&items[1].1[..], b"two");
-        let first_item = 20 + 3 + 2 + 11;
-        for cut in 1..b.len() {
-            match decode_batch(&b[..cut]) {
-                // A cut at an item boundary is a shorter, valid batch.
-                Ok(items) => assert!(cut == first_item && items.len() == 1, "cut {cut}"),
-                Err(_) => assert_ne!(cut, first_item),
-            }
-        }
-        assert!(decode_batch(&[0xFF; 40]).is_err());
     }
 }

@@ -4,6 +4,7 @@
 //! Nothing here does I/O; every decoder takes untrusted bytes and returns an error rather than
 //! panicking or over-allocating.
 
+pub mod batch;
 pub mod msgid;
 pub mod properties;
 pub mod record;
