@@ -6,6 +6,7 @@
 //! retention.
 
 pub mod broker;
+pub mod client;
 pub mod config;
 pub mod logging;
 pub mod message;

@@ -541,3 +541,46 @@ fn topic_and_consume_stats_and_subscription_groups() {
         "{groups}"
     );
 }
+
+#[test]
+fn quickstart_producer_prints_send_results() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_ns, ns_port) = start_namesrv(dir.path(), &[]);
+    let (_broker, port) = start_broker(&dir.path().join("store"), ns_port, &[]);
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_coremq-tools"))
+        .arg("org.apache.rocketmq.example.quickstart.Producer")
+        .env("NAMESRV_ADDR", format!("127.0.0.1:{ns_port}"))
+        .env("COREMQ_QUICKSTART_COUNT", "50")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), 50, "{stdout}");
+    for l in &lines {
+        assert!(
+            l.starts_with("SendResult [sendStatus=SEND_OK, msgId="),
+            "{l}"
+        );
+        assert!(
+            l.contains("messageQueue=MessageQueue [topic=TopicTest, brokerName="),
+            "{l}"
+        );
+    }
+    // TopicTest was auto-created through TBW102 with the client's 4 queues; all 50 are stored.
+    let mut c = Client::connect(port);
+    let mut total = 0;
+    for q in 0..4 {
+        let r = c.call(req(
+            request::GET_MAX_OFFSET,
+            Json,
+            &[("topic", "TopicTest"), ("queueId", &q.to_string())],
+        ));
+        total += r.ext("offset").unwrap().parse::<u64>().unwrap();
+    }
+    assert_eq!(total, 50);
+}

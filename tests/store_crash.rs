@@ -23,14 +23,23 @@ impl Drop for KillOnDrop {
 }
 
 fn spawn_appender(store: &std::path::Path) -> KillOnDrop {
+    spawn_appender_with(store, "SYNC_FLUSH", "100000", "0")
+}
+
+fn spawn_appender_with(
+    store: &std::path::Path,
+    flush: &str,
+    count: &str,
+    linger: &str,
+) -> KillOnDrop {
     let child = Command::new(env!("CARGO_BIN_EXE_coremq-store"))
-        .args(["append", "--store"])
+        .args(["append", "--linger-ms", linger, "--store"])
         .arg(store)
         .args([
             "--shards",
             "2",
             "--flush",
-            "SYNC_FLUSH",
+            flush,
             "--segment-size",
             "262144",
             "--cq-entries",
@@ -44,7 +53,7 @@ fn spawn_appender(store: &std::path::Path) -> KillOnDrop {
             "--queues",
             &QUEUES.to_string(),
             "--count",
-            "100000",
+            count,
             "--size",
             &SIZE.to_string(),
         ])
@@ -148,5 +157,37 @@ fn sigkill_during_sync_flush_loses_no_acknowledged_message() {
     let mut all = acked;
     all.extend(more);
     check_recovered(&store, &all);
+    store.shutdown().unwrap();
+}
+
+#[test]
+fn async_flush_acknowledgements_survive_a_process_kill_soon_after() {
+    // 400 × 700 B: far below any batching threshold, and the kill comes 50 ms after the last
+    // acknowledgement, well inside flushIntervalCommitLog (500 ms). ASYNC_FLUSH writes at once,
+    // so a process crash (not an OS crash) loses nothing acknowledged by then.
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = spawn_appender_with(dir.path(), "ASYNC_FLUSH", "100", "30000");
+    let out = child.0.stdout.take().unwrap();
+    let mut acked = Vec::new();
+    for line in BufReader::new(out).lines().map_while(Result::ok) {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        acked.push((
+            f[1].parse().unwrap(),
+            f[2].parse().unwrap(),
+            f[3].parse().unwrap(),
+        ));
+        if acked.len() == 400 {
+            break;
+        }
+    }
+    assert_eq!(acked.len(), 400);
+    std::thread::sleep(Duration::from_millis(50));
+    child.0.kill().unwrap();
+    child.0.wait().unwrap();
+    let mut cfg = config(dir.path());
+    cfg.flush_disk_type = FlushDiskType::AsyncFlush;
+    let store = Store::open(cfg).unwrap();
+    assert!(store.recovered());
+    check_recovered(&store, &acked);
     store.shutdown().unwrap();
 }

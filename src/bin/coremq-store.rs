@@ -84,6 +84,10 @@ enum Cmd {
         /// Body size in bytes.
         #[arg(long, default_value_t = 1024)]
         size: usize,
+        /// Stay open this long after the last acknowledgement before the clean shutdown
+        /// (lets a test kill the process with acknowledged data in flight).
+        #[arg(long, default_value_t = 0)]
+        linger_ms: u64,
     },
     /// Verify every record and consume-queue entry.
     Verify {
@@ -125,6 +129,7 @@ fn run(cli: Cli) -> Result<i32, Box<dyn std::error::Error>> {
             queues,
             count,
             size,
+            linger_ms,
         } => {
             init_log(&store);
             let s = Store::open(store.config())?;
@@ -177,6 +182,7 @@ fn run(cli: Cli) -> Result<i32, Box<dyn std::error::Error>> {
                     failed = true;
                 }
             }
+            std::thread::sleep(std::time::Duration::from_millis(linger_ms));
             s.shutdown()?;
             eprintln!("appended {} message(s)", acked.load(Ordering::Relaxed));
             Ok(if failed { 1 } else { 0 })

@@ -868,7 +868,7 @@ impl CommitLog {
                 futures_lite::future::yield_now().await;
             } else {
                 let left = interval.saturating_sub(last_sync.elapsed());
-                let trigger = self.cfg.flush_trigger_bytes;
+                let trigger = self.cfg.flush_trigger_bytes.max(1);
                 futures_lite::future::or(
                     self.changed.wait_until(|| {
                         let st = self.st.borrow();
@@ -877,6 +877,8 @@ impl CommitLog {
                     glommio::timer::sleep(left),
                 )
                 .await;
+                // Let queued appends join this round (rounds batch themselves under load).
+                futures_lite::future::yield_now().await;
             }
             // A round writes at most ROUND_MAX: a long copy into DMA buffers would keep
             // appenders off the core; the next round follows at once.

@@ -1,0 +1,8 @@
+//! CoreMQ's RocketMQ client, over the wire only (it reaches brokers and name servers through
+//! the remoting protocol, never the store). Blocking and thread-based: an application needs no
+//! async runtime. So far: the producer; consumers come next.
+
+pub mod producer;
+pub mod remoting;
+
+pub use producer::{Message, MessageQueue, Producer, SendResult, SendStatus};
