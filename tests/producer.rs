@@ -1,0 +1,141 @@
+//! CoreMQ's producer against real processes: failover between two brokers.
+
+mod common;
+use common::remoting::*;
+use coremq::client::{Message, Producer};
+use coremq::protocol::code::{request, response};
+use coremq::protocol::HeaderCodec::Json;
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+fn create_topic(port: u16) {
+    let mut c = Client::connect(port);
+    let r = c.call(req(
+        request::UPDATE_AND_CREATE_TOPIC,
+        Json,
+        &[
+            ("topic", "Failover"),
+            ("defaultTopic", "TBW102"),
+            ("readQueueNums", "4"),
+            ("writeQueueNums", "4"),
+            ("perm", "6"),
+            ("topicFilterType", "SINGLE_TAG"),
+            ("order", "false"),
+        ],
+    ));
+    assert_eq!(r.code, response::SUCCESS);
+}
+
+/// Bodies stored in `Failover` on a broker, across its 4 queues.
+fn stored(port: u16) -> Vec<String> {
+    let mut c = Client::connect(port);
+    let mut out = Vec::new();
+    for q in 0..4 {
+        let r = c.call(req(
+            request::PULL_MESSAGE,
+            Json,
+            &[
+                ("consumerGroup", "check"),
+                ("topic", "Failover"),
+                ("queueId", &q.to_string()),
+                ("queueOffset", "0"),
+                ("maxMsgNums", "1000"),
+                ("sysFlag", "0"),
+                ("commitOffset", "0"),
+                ("suspendTimeoutMillis", "0"),
+                ("subVersion", "0"),
+            ],
+        ));
+        let mut b = r.body.clone();
+        while b.len() >= 4 {
+            let n = i32::from_be_bytes([b[0], b[1], b[2], b[3]]) as usize;
+            let rec = coremq::message::MessageRecord::decode(&b.slice(..n)).unwrap();
+            out.push(String::from_utf8_lossy(&rec.body).into_owned());
+            b = b.slice(n..);
+        }
+    }
+    out
+}
+
+#[test]
+fn sends_fail_over_to_the_surviving_broker_and_no_send_ok_is_lost() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_ns, ns_port) = start_namesrv(dir.path(), &[]);
+    let store_a = dir.path().join("a");
+    let (mut a, port_a) = start_broker(&store_a, ns_port, &["brokerName=broker-a"]);
+    let (_b, port_b) = start_broker(&dir.path().join("b"), ns_port, &["brokerName=broker-b"]);
+    create_topic(port_a);
+    create_topic(port_b);
+    let mut ns = Client::connect(ns_port);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let r = ns.call(req(
+            request::GET_ROUTEINFO_BY_TOPIC,
+            Json,
+            &[("topic", "Failover")],
+        ));
+        if r.code == response::SUCCESS {
+            let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+            if v["brokerDatas"].as_array().map(|a| a.len()) == Some(2) {
+                break;
+            }
+        }
+        assert!(Instant::now() < deadline, "route never listed both brokers");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    let p = Producer::new("pg", Some(&format!("127.0.0.1:{ns_port}"))).unwrap();
+    let mut ok: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for i in 0..20 {
+        let r = p
+            .send(&Message::new(
+                "Failover",
+                "T",
+                format!("before-{i}").into_bytes(),
+            ))
+            .unwrap();
+        ok.entry(r.queue.broker_name.clone())
+            .or_default()
+            .push(format!("before-{i}"));
+    }
+    assert_eq!(ok.len(), 2, "round robin should use both brokers: {ok:?}");
+
+    a.0.kill().unwrap(); // SIGKILL broker-a; the name server still lists it
+    a.0.wait().unwrap();
+    for i in 0..20 {
+        let t = Instant::now();
+        let r = p
+            .send(&Message::new(
+                "Failover",
+                "T",
+                format!("after-{i}").into_bytes(),
+            ))
+            .unwrap_or_else(|e| panic!("send {i} after the kill failed: {e}"));
+        assert!(
+            t.elapsed() < p.send_timeout,
+            "send {i} took {:?}",
+            t.elapsed()
+        );
+        assert_eq!(r.queue.broker_name, "broker-b");
+        ok.entry(r.queue.broker_name.clone())
+            .or_default()
+            .push(format!("after-{i}"));
+    }
+
+    // Every SEND_OK is stored: broker-b's now, broker-a's after it recovers.
+    let on_b = stored(port_b);
+    for m in &ok["broker-b"] {
+        assert!(
+            on_b.contains(m),
+            "{m} acknowledged by broker-b but not stored"
+        );
+    }
+    let (_a2, port_a2) = start_broker(&store_a, ns_port, &["brokerName=broker-a"]);
+    let on_a = stored(port_a2);
+    for m in &ok["broker-a"] {
+        assert!(
+            on_a.contains(m),
+            "{m} acknowledged by broker-a but lost in its crash"
+        );
+    }
+}
