@@ -378,6 +378,17 @@ impl ShardStore {
         &self.arrivals
     }
 
+    /// Every consume queue of this shard (cloned out, so no borrow is held across awaits).
+    fn all_queues(&self) -> Vec<Rc<ConsumeQueue>> {
+        self.queues
+            .borrow()
+            .values()
+            .flatten()
+            .flatten()
+            .cloned()
+            .collect()
+    }
+
     fn queue_count(&self) -> usize {
         self.queues.borrow().values().flatten().flatten().count()
     }
@@ -1074,14 +1085,7 @@ impl ShardStore {
             return Ok(());
         }
         let log_min = CommitLogOffset::new(self.id, self.log.min_pos()).as_i64();
-        let queues: Vec<Rc<ConsumeQueue>> = self
-            .queues
-            .borrow()
-            .values()
-            .flatten()
-            .flatten()
-            .cloned()
-            .collect();
+        let queues = self.all_queues();
         for q in queues {
             let n = q.delete_below(log_min).await?;
             rep.queue_files += n;
@@ -1181,14 +1185,7 @@ impl ShardStore {
             }
         }
         let log_min = CommitLogOffset::new(self.id, self.log.min_pos()).as_i64();
-        let queues: Vec<Rc<ConsumeQueue>> = self
-            .queues
-            .borrow()
-            .values()
-            .flatten()
-            .flatten()
-            .cloned()
-            .collect();
+        let queues = self.all_queues();
         for q in queues {
             let (min, max) = (q.min_offset(), q.max_offset());
             let entries = q.get(min, max - min).await?;
