@@ -583,4 +583,30 @@ fn quickstart_producer_prints_send_results() {
         total += r.ext("offset").unwrap().parse::<u64>().unwrap();
     }
     assert_eq!(total, 50);
+    // The quickstart Consumer gets all 50, printed as the seed shows.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_coremq-tools"))
+        .arg("org.apache.rocketmq.example.quickstart.Consumer")
+        .env("NAMESRV_ADDR", format!("127.0.0.1:{ns_port}"))
+        .env("COREMQ_QUICKSTART_SECONDS", "3")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let batches: Vec<&str> = stdout
+        .lines()
+        .filter(|l| l.starts_with("ConsumeMessageThread_"))
+        .collect();
+    assert!(!batches.is_empty(), "{stdout}");
+    for l in &batches {
+        assert!(
+            l.contains(" Receive New Messages: [MessageExt [brokerName="),
+            "{l}"
+        );
+    }
+    let consumed = stdout.matches("MessageExt [").count();
+    assert_eq!(consumed, 50, "{stdout}");
 }

@@ -3,8 +3,12 @@
 //!
 //! - `org.apache.rocketmq.example.quickstart.Producer`: 1000 messages to `TopicTest`, tag
 //!   `TagA`, one `SendResult [...]` line per message.
+//! - `org.apache.rocketmq.example.quickstart.Consumer`: consumes `TopicTest` as group
+//!   `please_rename_unique_group_name_4`, printing `ConsumeMessageThread_N Receive New
+//!   Messages: [MessageExt [...]]` per batch, until killed (or `COREMQ_QUICKSTART_SECONDS`).
 
-use coremq::client::{Message, Producer};
+use coremq::client::{Message, Producer, PushConsumer};
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 const PRODUCER: &str = "org.apache.rocketmq.example.quickstart.Producer";
 const CONSUMER: &str = "org.apache.rocketmq.example.quickstart.Consumer";
@@ -13,10 +17,7 @@ fn main() {
     let class = std::env::args().nth(1).unwrap_or_default();
     let code = match class.as_str() {
         PRODUCER | "producer" => producer(),
-        CONSUMER | "consumer" => {
-            eprintln!("{CONSUMER}: CoreMQ's push consumer is not implemented yet");
-            2
-        }
+        CONSUMER | "consumer" => consumer(),
         _ => {
             eprintln!("usage: tools.sh {PRODUCER} | {CONSUMER}");
             1
@@ -51,5 +52,41 @@ fn producer() -> i32 {
             }
         }
     }
+    0
+}
+
+fn consumer() -> i32 {
+    let batches = std::sync::Arc::new(AtomicUsize::new(0));
+    let b = batches.clone();
+    let c = match PushConsumer::start(
+        "please_rename_unique_group_name_4",
+        None,
+        &[("TopicTest", "*")],
+        move |msgs| {
+            let n = b.fetch_add(1, Ordering::Relaxed) % 20 + 1;
+            let list: Vec<String> = msgs.iter().map(|m| m.to_string()).collect();
+            println!(
+                "ConsumeMessageThread_{n} Receive New Messages: [{}]",
+                list.join(", ")
+            );
+        },
+    ) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("{e}");
+            return 1;
+        }
+    };
+    println!("Consumer Started.");
+    match std::env::var("COREMQ_QUICKSTART_SECONDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        Some(secs) => std::thread::sleep(std::time::Duration::from_secs(secs)),
+        None => loop {
+            std::thread::sleep(std::time::Duration::from_secs(3600));
+        },
+    }
+    c.shutdown();
     0
 }

@@ -1,8 +1,10 @@
 //! CoreMQ's RocketMQ client, over the wire only (it reaches brokers and name servers through
 //! the remoting protocol, never the store). Blocking and thread-based: an application needs no
-//! async runtime. So far: the producer; consumers come next.
+//! async runtime. A producer, and a clustering push consumer.
 
+pub mod consumer;
 pub mod producer;
 pub mod remoting;
 
+pub use consumer::{MessageExt, PushConsumer};
 pub use producer::{Message, MessageQueue, Producer, SendResult, SendStatus};

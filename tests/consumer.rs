@@ -1,0 +1,96 @@
+//! CoreMQ's push consumer against real processes: clustering across two consumers.
+
+mod common;
+use common::remoting::*;
+use coremq::client::{Message, Producer, PushConsumer};
+use coremq::protocol::code::{request, response};
+use coremq::protocol::HeaderCodec::Json;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+#[test]
+fn two_consumers_split_eight_queues_and_consume_each_message_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_ns, ns_port) = start_namesrv(dir.path(), &[]);
+    let (_b, port) = start_broker(&dir.path().join("store"), ns_port, &[]);
+    let mut c = Client::connect(port);
+    let r = c.call(req(
+        request::UPDATE_AND_CREATE_TOPIC,
+        Json,
+        &[
+            ("topic", "CT"),
+            ("defaultTopic", "TBW102"),
+            ("readQueueNums", "8"),
+            ("writeQueueNums", "8"),
+            ("perm", "6"),
+            ("topicFilterType", "SINGLE_TAG"),
+            ("order", "false"),
+        ],
+    ));
+    assert_eq!(r.code, response::SUCCESS);
+    let ns = format!("127.0.0.1:{ns_port}");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let producer = loop {
+        // The topic's route reaches the name server with the next registration.
+        let p = Producer::new("pg", Some(&ns)).unwrap();
+        match p.send(&Message::new("CT", "A", b"m-0".to_vec())) {
+            Ok(r) if r.queue.queue_id < 8 => break p,
+            _ => {}
+        }
+        assert!(Instant::now() < deadline);
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    for i in 1..2000 {
+        producer
+            .send(&Message::new("CT", "A", format!("m-{i}").into_bytes()))
+            .unwrap();
+    }
+
+    let seen: Arc<Mutex<HashMap<String, Vec<u8>>>> = Arc::new(Mutex::new(HashMap::new()));
+    let start = |who: u8| {
+        let s = seen.clone();
+        PushConsumer::start("G", Some(&ns), &[("CT", "*")], move |msgs| {
+            let mut m = s.lock().unwrap();
+            for x in msgs {
+                m.entry(String::from_utf8_lossy(x.body()).into_owned())
+                    .or_default()
+                    .push(who);
+            }
+        })
+        .unwrap()
+    };
+    let (c1, c2) = (start(1), start(2));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (a, b) = (c1.assigned(), c2.assigned());
+        let done = seen.lock().unwrap().len() == 2000;
+        if done && a.len() == 4 && b.len() == 4 {
+            assert!(
+                a.iter().all(|q| !b.contains(q)),
+                "overlapping queues: {a:?} {b:?}"
+            );
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} consumed; queues {} + {}",
+            seen.lock().unwrap().len(),
+            a.len(),
+            b.len()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let m = seen.lock().unwrap();
+    let dup: Vec<_> = m.iter().filter(|(_, v)| v.len() > 1).collect();
+    assert!(
+        dup.is_empty(),
+        "{} messages consumed more than once, e.g. {:?}",
+        dup.len(),
+        dup.first()
+    );
+    drop(m);
+    c1.shutdown();
+    c2.shutdown();
+}
