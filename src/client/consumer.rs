@@ -128,16 +128,11 @@ pub struct PushConsumer {
 }
 
 fn route(inner: &Inner, topic: &str) -> Option<TopicRouteData> {
-    for ns in &inner.namesrv {
-        let mut r = RemotingCommand::request(request::GET_ROUTEINFO_BY_TOPIC, HeaderCodec::Json);
-        r.set_ext("topic", topic);
-        if let Ok(resp) = inner.client.invoke(ns, r, Duration::from_secs(3)) {
-            if resp.code == response::SUCCESS {
-                return crate::protocol::json::parse(&resp.body).ok();
-            }
-        }
-    }
-    None
+    inner
+        .client
+        .topic_route(&inner.namesrv, topic)
+        .ok()
+        .flatten()
 }
 
 impl PushConsumer {
@@ -148,11 +143,7 @@ impl PushConsumer {
         subs: &[(&str, &str)],
         listener: impl Fn(&[MessageExt]) + Send + Sync + 'static,
     ) -> Result<PushConsumer, String> {
-        let addrs = namesrv
-            .map(str::to_string)
-            .or_else(|| std::env::var("NAMESRV_ADDR").ok())
-            .map(|a| crate::broker::config::split_addrs(&a))
-            .unwrap_or_default();
+        let addrs = super::remoting::namesrv_addrs(namesrv);
         if addrs.is_empty() {
             return Err("no name server address: set NAMESRV_ADDR".into());
         }

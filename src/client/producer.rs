@@ -183,11 +183,7 @@ pub struct Producer {
 impl Producer {
     /// A producer of `group` using the `;`-separated name servers (or `NAMESRV_ADDR`).
     pub fn new(group: &str, namesrv: Option<&str>) -> Result<Producer, ProducerError> {
-        let addrs = namesrv
-            .map(str::to_string)
-            .or_else(|| std::env::var("NAMESRV_ADDR").ok())
-            .map(|a| crate::broker::config::split_addrs(&a))
-            .unwrap_or_default();
+        let addrs = super::remoting::namesrv_addrs(namesrv);
         if addrs.is_empty() {
             return Err(ProducerError::NoNameServer);
         }
@@ -207,31 +203,7 @@ impl Producer {
     }
 
     fn route_from_namesrv(&self, topic: &str) -> Result<Option<TopicRouteData>, ProducerError> {
-        let mut last = None;
-        for ns in &self.namesrv {
-            let mut req =
-                RemotingCommand::request(request::GET_ROUTEINFO_BY_TOPIC, HeaderCodec::Json);
-            req.set_ext("topic", topic);
-            match self.client.invoke(ns, req, Duration::from_secs(3)) {
-                Ok(r) if r.code == response::SUCCESS => {
-                    return crate::protocol::json::parse(&r.body)
-                        .map(Some)
-                        .map_err(|e| ProducerError::Broker {
-                            code: r.code,
-                            remark: e,
-                        });
-                }
-                Ok(r) if r.code == response::TOPIC_NOT_EXIST => return Ok(None),
-                Ok(r) => {
-                    last = Some(ProducerError::Broker {
-                        code: r.code,
-                        remark: r.remark.unwrap_or_default(),
-                    })
-                }
-                Err(e) => last = Some(e.into()),
-            }
-        }
-        Err(last.unwrap_or(ProducerError::NoNameServer))
+        Ok(self.client.topic_route(&self.namesrv, topic)?)
     }
 
     /// Route of `topic`, refreshed every 30 s; unknown topics use TBW102's brokers.

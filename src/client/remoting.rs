@@ -11,7 +11,18 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 
-use crate::protocol::{frame, RemotingCommand};
+use crate::namesrv::route::TopicRouteData;
+use crate::protocol::code::{request, response};
+use crate::protocol::{frame, HeaderCodec, RemotingCommand};
+
+/// Name-server addresses from an explicit `a;b` list, else `NAMESRV_ADDR`.
+pub fn namesrv_addrs(explicit: Option<&str>) -> Vec<String> {
+    explicit
+        .map(str::to_string)
+        .or_else(|| std::env::var("NAMESRV_ADDR").ok())
+        .map(|a| crate::broker::config::split_addrs(&a))
+        .unwrap_or_default()
+}
 
 /// Why a remote call failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -133,6 +144,38 @@ impl RemotingClient {
                 Err(ClientError::Closed(addr.to_string()))
             }
         }
+    }
+
+    /// GET_ROUTEINFO_BY_TOPIC from the first name server that answers; `Ok(None)` when the
+    /// topic has no route (TOPIC_NOT_EXIST).
+    pub fn topic_route(
+        &self,
+        namesrv: &[String],
+        topic: &str,
+    ) -> Result<Option<TopicRouteData>, ClientError> {
+        let mut last = ClientError::Broker("no name server address".into());
+        for ns in namesrv {
+            let mut req =
+                RemotingCommand::request(request::GET_ROUTEINFO_BY_TOPIC, HeaderCodec::Json);
+            req.set_ext("topic", topic);
+            match self.invoke(ns, req, Duration::from_secs(3)) {
+                Ok(r) if r.code == response::SUCCESS => {
+                    return crate::protocol::json::parse(&r.body)
+                        .map(Some)
+                        .map_err(|e| ClientError::Broker(format!("bad route of {topic}: {e}")));
+                }
+                Ok(r) if r.code == response::TOPIC_NOT_EXIST => return Ok(None),
+                Ok(r) => {
+                    last = ClientError::Broker(format!(
+                        "CODE: {} DESC: {}",
+                        r.code,
+                        r.remark.unwrap_or_default()
+                    ))
+                }
+                Err(e) => last = e,
+            }
+        }
+        Err(last)
     }
 
     /// Sends a oneway request (no response).
