@@ -97,6 +97,19 @@ impl Topics {
         lock(&self.table).0.get(topic).cloned()
     }
 
+    /// Whether the topic exists (without cloning its config: the pull path asks this).
+    pub fn contains(&self, topic: &str) -> bool {
+        lock(&self.table).0.contains_key(topic)
+    }
+
+    /// (writeQueueNums, perm) of a topic (without cloning its config: the send path asks).
+    pub fn write_view(&self, topic: &str) -> Option<(u32, u32)> {
+        lock(&self.table)
+            .0
+            .get(topic)
+            .map(|t| (t.write_queue_nums, t.perm))
+    }
+
     /// Creates or replaces a topic; returns true when something changed.
     pub fn put(&self, tc: TopicConfig) -> bool {
         let mut t = lock(&self.table);

@@ -367,10 +367,11 @@ pub async fn process(
     Some(r)
 }
 
-/// The topic's config, auto-creating it from TBW102 when allowed (reference §8.2).
-fn topic_for_send(h: &BrokerHandler, topic: &str, queue_nums: u32) -> Option<TopicConfig> {
-    if let Some(tc) = h.broker.topics.get(topic) {
-        return Some(tc);
+/// The topic's (writeQueueNums, perm), auto-creating it from TBW102 when allowed
+/// (reference §8.2).
+fn topic_for_send(h: &BrokerHandler, topic: &str, queue_nums: u32) -> Option<(u32, u32)> {
+    if let Some(view) = h.broker.topics.write_view(topic) {
+        return Some(view);
     }
     if topic.starts_with("%RETRY%") {
         let tc = TopicConfig {
@@ -379,9 +380,10 @@ fn topic_for_send(h: &BrokerHandler, topic: &str, queue_nums: u32) -> Option<Top
             write_queue_nums: 1,
             ..Default::default()
         };
-        h.broker.topics.put(tc.clone());
+        let view = (tc.write_queue_nums, tc.perm);
+        h.broker.topics.put(tc);
         h.broker.mark_topics_changed();
-        return Some(tc);
+        return Some(view);
     }
     if !h.broker.cfg.auto_create_topic_enable {
         return None;
@@ -395,10 +397,11 @@ fn topic_for_send(h: &BrokerHandler, topic: &str, queue_nums: u32) -> Option<Top
         perm: template.perm & !1,
         ..Default::default()
     };
-    h.broker.topics.put(tc.clone());
+    let view = (tc.write_queue_nums, tc.perm);
+    h.broker.topics.put(tc);
     h.broker.mark_topics_changed();
     log::info!("auto-created topic {topic} with {n} queue(s)");
-    Some(tc)
+    Some(view)
 }
 
 /// SEND_MESSAGE (V1 keys), SEND_MESSAGE_V2 and SEND_BATCH_MESSAGE (short keys).
@@ -415,14 +418,16 @@ async fn send(
     if let Err(m) = validate_topic(topic) {
         return resp(req, response::MESSAGE_ILLEGAL, m);
     }
-    let Some(tc) = topic_for_send(h, topic, hdr.default_topic_queue_nums.max(1) as u32) else {
+    let Some((write_queue_nums, perm)) =
+        topic_for_send(h, topic, hdr.default_topic_queue_nums.max(1) as u32)
+    else {
         return resp(
             req,
             response::TOPIC_NOT_EXIST,
             format!("topic[{topic}] not exist, apply first please!"),
         );
     };
-    if tc.perm & 2 == 0 {
+    if perm & 2 == 0 {
         return resp(
             req,
             response::NO_PERMISSION,
@@ -432,7 +437,7 @@ async fn send(
     let queue_id = if hdr.queue_id < 0 {
         0
     } else {
-        (hdr.queue_id as u32) % tc.write_queue_nums.max(1)
+        (hdr.queue_id as u32) % write_queue_nums.max(1)
     };
     let sys_flag = hdr.sys_flag;
     let born_ts = hdr.born_timestamp;
@@ -583,7 +588,7 @@ async fn pull(h: &BrokerHandler, req: &RemotingCommand) -> RemotingCommand {
         hdr.queue_id,
         hdr.queue_offset,
     );
-    if h.broker.topics.get(topic).is_none() && !topic.starts_with("%RETRY%") {
+    if !h.broker.topics.contains(topic) && !topic.starts_with("%RETRY%") {
         return resp(
             req,
             response::TOPIC_NOT_EXIST,
@@ -749,7 +754,7 @@ async fn heartbeat(h: &BrokerHandler, req: &RemotingCommand, conn: &Rc<Conn>) ->
         }
         h.broker.groups.get_or_create(&cd.group_name);
         let retry = format!("%RETRY%{}", cd.group_name);
-        if h.broker.topics.get(&retry).is_none() {
+        if !h.broker.topics.contains(&retry) {
             topic_for_send(h, &retry, 1);
         }
         let subs: BTreeMap<String, Subscription> = cd
