@@ -82,23 +82,6 @@ fn bodies(r: &RemotingCommand) -> Vec<String> {
     out
 }
 
-fn wait_route(ns_port: u16, topic: &str) -> serde_json::Value {
-    let mut ns = Client::connect(ns_port);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let r = ns.call(req(
-            request::GET_ROUTEINFO_BY_TOPIC,
-            Json,
-            &[("topic", topic)],
-        ));
-        if r.code == response::SUCCESS {
-            return serde_json::from_slice(&r.body).unwrap();
-        }
-        assert!(Instant::now() < deadline, "no route for {topic}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
 #[test]
 fn send_pull_offsets_queries_and_admin() {
     let dir = tempfile::tempdir().unwrap();

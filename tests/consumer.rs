@@ -3,8 +3,6 @@
 mod common;
 use common::remoting::*;
 use coremq::client::{Message, Producer, PushConsumer};
-use coremq::protocol::code::{request, response};
-use coremq::protocol::HeaderCodec::Json;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -14,21 +12,7 @@ fn two_consumers_split_eight_queues_and_consume_each_message_once() {
     let dir = tempfile::tempdir().unwrap();
     let (_ns, ns_port) = start_namesrv(dir.path(), &[]);
     let (_b, port) = start_broker(&dir.path().join("store"), ns_port, &[]);
-    let mut c = Client::connect(port);
-    let r = c.call(req(
-        request::UPDATE_AND_CREATE_TOPIC,
-        Json,
-        &[
-            ("topic", "CT"),
-            ("defaultTopic", "TBW102"),
-            ("readQueueNums", "8"),
-            ("writeQueueNums", "8"),
-            ("perm", "6"),
-            ("topicFilterType", "SINGLE_TAG"),
-            ("order", "false"),
-        ],
-    ));
-    assert_eq!(r.code, response::SUCCESS);
+    create_topic(port, "CT", 8);
     let ns = format!("127.0.0.1:{ns_port}");
     let deadline = Instant::now() + Duration::from_secs(20);
     let producer = loop {

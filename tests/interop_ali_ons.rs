@@ -5,11 +5,8 @@
 
 mod common;
 use common::remoting::*;
-use coremq::protocol::code::{request, response};
-use coremq::protocol::HeaderCodec::Json;
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::time::{Duration, Instant};
 
 #[test]
 fn ali_ons_produces_and_consumes_100_messages() {
@@ -27,38 +24,8 @@ fn ali_ons_produces_and_consumes_100_messages() {
     let (_ns, ns_port) = start_namesrv(dir.path(), &[]);
     let (_broker, port) = start_broker(&dir.path().join("store"), ns_port, &[]);
     // ali-ons does not auto-create topics: create it as an admin would.
-    let mut admin = Client::connect(port);
-    let r = admin.call(req(
-        request::UPDATE_AND_CREATE_TOPIC,
-        Json,
-        &[
-            ("topic", "InteropTopic"),
-            ("defaultTopic", "TBW102"),
-            ("readQueueNums", "4"),
-            ("writeQueueNums", "4"),
-            ("perm", "6"),
-            ("topicFilterType", "SINGLE_TAG"),
-            ("order", "false"),
-        ],
-    ));
-    assert_eq!(r.code, response::SUCCESS);
-    let mut ns = Client::connect(ns_port);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while ns
-        .call(req(
-            request::GET_ROUTEINFO_BY_TOPIC,
-            Json,
-            &[("topic", "InteropTopic")],
-        ))
-        .code
-        != response::SUCCESS
-    {
-        assert!(
-            Instant::now() < deadline,
-            "topic route never reached the name server"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    create_topic(port, "InteropTopic", 4);
+    wait_route(ns_port, "InteropTopic");
 
     let out = std::process::Command::new("node")
         .arg(interop.join("ali_ons.js"))

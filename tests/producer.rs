@@ -3,28 +3,10 @@
 mod common;
 use common::remoting::*;
 use coremq::client::{Message, Producer};
-use coremq::protocol::code::{request, response};
+use coremq::protocol::code::request;
 use coremq::protocol::HeaderCodec::Json;
 use std::collections::BTreeMap;
-use std::time::{Duration, Instant};
-
-fn create_topic(port: u16) {
-    let mut c = Client::connect(port);
-    let r = c.call(req(
-        request::UPDATE_AND_CREATE_TOPIC,
-        Json,
-        &[
-            ("topic", "Failover"),
-            ("defaultTopic", "TBW102"),
-            ("readQueueNums", "4"),
-            ("writeQueueNums", "4"),
-            ("perm", "6"),
-            ("topicFilterType", "SINGLE_TAG"),
-            ("order", "false"),
-        ],
-    ));
-    assert_eq!(r.code, response::SUCCESS);
-}
+use std::time::Instant;
 
 /// Bodies stored in `Failover` on a broker, across its 4 queues.
 fn stored(port: u16) -> Vec<String> {
@@ -64,25 +46,11 @@ fn sends_fail_over_to_the_surviving_broker_and_no_send_ok_is_lost() {
     let store_a = dir.path().join("a");
     let (mut a, port_a) = start_broker(&store_a, ns_port, &["brokerName=broker-a"]);
     let (_b, port_b) = start_broker(&dir.path().join("b"), ns_port, &["brokerName=broker-b"]);
-    create_topic(port_a);
-    create_topic(port_b);
-    let mut ns = Client::connect(ns_port);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let r = ns.call(req(
-            request::GET_ROUTEINFO_BY_TOPIC,
-            Json,
-            &[("topic", "Failover")],
-        ));
-        if r.code == response::SUCCESS {
-            let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
-            if v["brokerDatas"].as_array().map(|a| a.len()) == Some(2) {
-                break;
-            }
-        }
-        assert!(Instant::now() < deadline, "route never listed both brokers");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    create_topic(port_a, "Failover", 4);
+    create_topic(port_b, "Failover", 4);
+    wait_route_where(ns_port, "Failover", |v| {
+        v["brokerDatas"].as_array().map(|a| a.len()) == Some(2)
+    });
 
     let p = Producer::new("pg", Some(&format!("127.0.0.1:{ns_port}"))).unwrap();
     let mut ok: BTreeMap<String, Vec<String>> = BTreeMap::new();

@@ -178,3 +178,58 @@ pub fn stop(p: &mut Proc) {
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+/// Creates `topic` with `queues` read and write queues on a broker (UPDATE_AND_CREATE_TOPIC),
+/// as an admin would.
+pub fn create_topic(broker_port: u16, topic: &str, queues: u32) {
+    let n = queues.to_string();
+    let r = Client::connect(broker_port).call(req(
+        coremq::protocol::code::request::UPDATE_AND_CREATE_TOPIC,
+        coremq::protocol::HeaderCodec::Json,
+        &[
+            ("topic", topic),
+            ("defaultTopic", "TBW102"),
+            ("readQueueNums", &n),
+            ("writeQueueNums", &n),
+            ("perm", "6"),
+            ("topicFilterType", "SINGLE_TAG"),
+            ("order", "false"),
+        ],
+    ));
+    assert_eq!(
+        r.code,
+        coremq::protocol::code::response::SUCCESS,
+        "{:?}",
+        r.remark
+    );
+}
+
+/// Waits (20 s at most) for a route of `topic` on the name server that satisfies `ok`.
+pub fn wait_route_where(
+    ns_port: u16,
+    topic: &str,
+    ok: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    let mut ns = Client::connect(ns_port);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let r = ns.call(req(
+            coremq::protocol::code::request::GET_ROUTEINFO_BY_TOPIC,
+            coremq::protocol::HeaderCodec::Json,
+            &[("topic", topic)],
+        ));
+        if r.code == coremq::protocol::code::response::SUCCESS {
+            let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+            if ok(&v) {
+                return v;
+            }
+        }
+        assert!(Instant::now() < deadline, "no (matching) route for {topic}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Waits for any route of `topic`.
+pub fn wait_route(ns_port: u16, topic: &str) -> serde_json::Value {
+    wait_route_where(ns_port, topic, |_| true)
+}
