@@ -14,23 +14,11 @@ fn two_consumers_split_eight_queues_and_consume_each_message_once() {
     let (_b, port) = start_broker(&dir.path().join("store"), ns_port, &[]);
     create_topic(port, "CT", 8);
     let ns = format!("127.0.0.1:{ns_port}");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let producer = loop {
-        // The topic's route reaches the name server with the next registration.
-        let p = Producer::new("pg", Some(&ns)).unwrap();
-        match p.send(&Message::new("CT", "A", b"m-0".to_vec())) {
-            Ok(r) if r.queue.queue_id < 8 => break p,
-            _ => {}
-        }
-        assert!(Instant::now() < deadline);
-        std::thread::sleep(Duration::from_millis(100));
-    };
-    for i in 1..2000 {
-        producer
-            .send(&Message::new("CT", "A", format!("m-{i}").into_bytes()))
-            .unwrap();
-    }
+    wait_route(ns_port, "CT");
 
+    // Both consumers join first and settle on 4 + 4: messages produced while members join
+    // can be delivered twice during the handover (the rebalance harm the seed names; see the
+    // closing note), which is not what this test is about.
     let seen: Arc<Mutex<HashMap<String, Vec<u8>>>> = Arc::new(Mutex::new(HashMap::new()));
     let start = |who: u8| {
         let s = seen.clone();
@@ -45,11 +33,10 @@ fn two_consumers_split_eight_queues_and_consume_each_message_once() {
         .unwrap()
     };
     let (c1, c2) = (start(1), start(2));
-    let deadline = Instant::now() + Duration::from_secs(60);
+    let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let (a, b) = (c1.assigned(), c2.assigned());
-        let done = seen.lock().unwrap().len() == 2000;
-        if done && a.len() == 4 && b.len() == 4 {
+        if a.len() == 4 && b.len() == 4 {
             assert!(
                 a.iter().all(|q| !b.contains(q)),
                 "overlapping queues: {a:?} {b:?}"
@@ -58,13 +45,30 @@ fn two_consumers_split_eight_queues_and_consume_each_message_once() {
         }
         assert!(
             Instant::now() < deadline,
-            "{} consumed; queues {} + {}",
-            seen.lock().unwrap().len(),
+            "queues never split 4 + 4: {} + {}",
             a.len(),
             b.len()
         );
-        std::thread::sleep(Duration::from_millis(100));
+        std::thread::sleep(Duration::from_millis(50));
     }
+
+    let producer = Producer::new("pg", Some(&ns)).unwrap();
+    for i in 0..2000 {
+        producer
+            .send(&Message::new("CT", "A", format!("m-{i}").into_bytes()))
+            .unwrap();
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while seen.lock().unwrap().len() < 2000 {
+        assert!(
+            Instant::now() < deadline,
+            "{} of 2000 consumed",
+            seen.lock().unwrap().len()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // The split held throughout.
+    assert_eq!((c1.assigned().len(), c2.assigned().len()), (4, 4));
     std::thread::sleep(Duration::from_millis(500));
     let m = seen.lock().unwrap();
     let dup: Vec<_> = m.iter().filter(|(_, v)| v.len() > 1).collect();
