@@ -593,3 +593,151 @@ fn quickstart_producer_prints_send_results() {
     let consumed = stdout.matches("MessageExt [").count();
     assert_eq!(consumed, 50, "{stdout}");
 }
+
+#[test]
+fn admin_and_offset_codes_and_liberal_heartbeats() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_ns, ns_port) = start_namesrv(dir.path(), &[]);
+    let (_b, port) = start_broker(&dir.path().join("store"), ns_port, &[]);
+    let mut c = Client::connect(port);
+    let before = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    for i in 0..3 {
+        assert_eq!(
+            send_v2(&mut c, "Adm", 0, &format!("a{i}"), "A", "", "").code,
+            response::SUCCESS
+        );
+    }
+    let q = [("topic", "Adm"), ("queueId", "0")];
+    assert_eq!(
+        c.call(req(request::GET_MIN_OFFSET, Json, &q)).ext("offset"),
+        Some("0")
+    );
+    let ts = c.call(req(request::GET_EARLIEST_MSG_STORETIME, Json, &q));
+    let ts: i64 = ts.ext("timestamp").unwrap().parse().unwrap();
+    assert!(ts >= before - 1000, "{ts} < {before}");
+    let s = c.call(req(
+        request::SEARCH_OFFSET_BY_TIMESTAMP,
+        Json,
+        &[("topic", "Adm"), ("queueId", "0"), ("timestamp", "0")],
+    ));
+    assert_eq!(s.ext("offset"), Some("0"));
+    let s = c.call(req(
+        request::SEARCH_OFFSET_BY_TIMESTAMP,
+        Json,
+        &[
+            ("topic", "Adm"),
+            ("queueId", "0"),
+            ("timestamp", "9223372036854775807"),
+        ],
+    ));
+    assert_eq!(s.ext("offset"), Some("3"));
+
+    // Enums by ordinal, no expressionType, numbers where strings are usual: accepted.
+    let mut hb = req(request::HEART_BEAT, Json, &[]);
+    hb.body = Bytes::from_static(br#"{"clientID":"c9","consumerDataSet":[{"groupName":"AG","consumeType":1,"messageModel":1,"consumeFromWhere":4,"subscriptionDataSet":[{"topic":"Adm","subString":"*","subVersion":"1"}]}]}"#);
+    assert_eq!(c.call(hb).code, response::SUCCESS);
+    let up = req(
+        request::UPDATE_CONSUMER_OFFSET,
+        Json,
+        &[
+            ("consumerGroup", "AG"),
+            ("topic", "Adm"),
+            ("queueId", "0"),
+            ("commitOffset", "2"),
+        ],
+    );
+    assert_eq!(c.call(up).code, response::SUCCESS);
+    let all = c.call(req(request::GET_ALL_CONSUMER_OFFSET, Json, &[]));
+    let text = String::from_utf8(all.body.to_vec()).unwrap();
+    assert!(text.contains("\"Adm@AG\":{0:2}"), "{text}");
+    let info = c.call(req(request::GET_BROKER_RUNTIME_INFO, Json, &[]));
+    let v: serde_json::Value = serde_json::from_slice(&info.body).unwrap();
+    assert!(
+        v["table"]["commitLogMaxOffset"]
+            .as_str()
+            .unwrap()
+            .parse::<u64>()
+            .unwrap()
+            > 0,
+        "{v}"
+    );
+
+    // UNREGISTER_CLIENT removes the member.
+    let list = |c: &mut Client| {
+        c.call(req(
+            request::GET_CONSUMER_LIST_BY_GROUP,
+            Json,
+            &[("consumerGroup", "AG")],
+        ))
+    };
+    assert_eq!(list(&mut c).code, response::SUCCESS);
+    let un = req(
+        request::UNREGISTER_CLIENT,
+        Json,
+        &[("clientID", "c9"), ("consumerGroup", "AG")],
+    );
+    assert_eq!(c.call(un).code, response::SUCCESS);
+    assert_eq!(
+        list(&mut c).code,
+        response::SYSTEM_ERROR,
+        "no consumer for this group"
+    );
+}
+
+#[test]
+fn broker_reads_its_properties_file_and_namesrv_addr_and_names_bad_values() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_ns, ns_port) = start_namesrv(dir.path(), &[]);
+    let port = free_port();
+    let conf = dir.path().join("broker-x.properties");
+    std::fs::write(
+        &conf,
+        format!(
+            "# as in conf/2m-2s-async\nbrokerClusterName=DefaultCluster\nbrokerName=broker-x\nbrokerId=0\n\
+             deleteWhen=04\nfileReservedTime=48\nbrokerRole=ASYNC_MASTER\nflushDiskType=ASYNC_FLUSH\n\
+             brokerIP1=127.0.0.1\nlistenPort={port}\nstorePathRootDir={}\nshards=2\n\
+             mappedFileSizeCommitLog=67108864\nmaxHashSlotNum=10000\nmaxIndexNum=40000\nnoSuchKey=1\n",
+            dir.path().join("store").display()
+        ),
+    )
+    .unwrap();
+    // No -n: the name server comes from NAMESRV_ADDR, as upstream.
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_mqbroker"))
+        .arg("-c")
+        .arg(&conf)
+        .args(["--log-dir", dir.path().join("logs").to_str().unwrap()])
+        .env("NAMESRV_ADDR", format!("127.0.0.1:{ns_port}"))
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let _broker = Proc(child);
+    wait_port(port);
+    let route = wait_route(ns_port, "TBW102");
+    assert_eq!(route["brokerDatas"][0]["brokerName"], "broker-x");
+    assert_eq!(
+        route["brokerDatas"][0]["brokerAddrs"]["0"],
+        format!("127.0.0.1:{port}")
+    );
+    std::thread::sleep(Duration::from_millis(200));
+    let log = std::fs::read_to_string(dir.path().join("logs/broker.log")).unwrap();
+    assert!(log.contains(":16: unknown key noSuchKey ignored"), "{log}");
+
+    // A bad value stops the broker with the file, line and key.
+    let bad = dir.path().join("bad.properties");
+    std::fs::write(&bad, "brokerName=b\nflushDiskType=SOMETIMES\n").unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_mqbroker"))
+        .arg("-c")
+        .arg(&bad)
+        .args(["--log-dir", dir.path().join("logs2").to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!("{}:2: flushDiskType", bad.display())),
+        "{err}"
+    );
+}
