@@ -691,6 +691,7 @@ fn admin_and_offset_codes_and_liberal_heartbeats() {
 fn broker_reads_its_properties_file_and_namesrv_addr_and_names_bad_values() {
     let dir = tempfile::tempdir().unwrap();
     let (_ns, ns_port) = start_namesrv(dir.path(), &[]);
+    let (_ns2, ns2_port) = start_namesrv(&dir.path().join("ns2"), &[]);
     let port = free_port();
     let conf = dir.path().join("broker-x.properties");
     std::fs::write(
@@ -709,12 +710,18 @@ fn broker_reads_its_properties_file_and_namesrv_addr_and_names_bad_values() {
         .arg("-c")
         .arg(&conf)
         .args(["--log-dir", dir.path().join("logs").to_str().unwrap()])
-        .env("NAMESRV_ADDR", format!("127.0.0.1:{ns_port}"))
+        .env(
+            "NAMESRV_ADDR",
+            format!("127.0.0.1:{ns_port};127.0.0.1:{ns2_port}"),
+        )
         .stdout(std::process::Stdio::null())
         .spawn()
         .unwrap();
     let _broker = Proc(child);
     wait_port(port);
+    // It registers with every name server of the list.
+    let route2 = wait_route(ns2_port, "TBW102");
+    assert_eq!(route2["brokerDatas"][0]["brokerName"], "broker-x");
     let route = wait_route(ns_port, "TBW102");
     assert_eq!(route["brokerDatas"][0]["brokerName"], "broker-x");
     assert_eq!(
@@ -740,4 +747,57 @@ fn broker_reads_its_properties_file_and_namesrv_addr_and_names_bad_values() {
         err.contains(&format!("{}:2: flushDiskType", bad.display())),
         "{err}"
     );
+}
+
+#[test]
+fn logs_and_store_default_to_the_home_directory() {
+    // HOME is the children's only: logs in ~/logs/rocketmqlogs, the store in ~/store.
+    let home = tempfile::tempdir().unwrap();
+    let ns_port = free_port();
+    let ns = Proc(
+        std::process::Command::new(env!("CARGO_BIN_EXE_mqnamesrv"))
+            .args(["--listen-port", &ns_port.to_string()])
+            .env("HOME", home.path())
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    wait_port(ns_port);
+    let port = free_port();
+    let broker = Proc(
+        std::process::Command::new(env!("CARGO_BIN_EXE_mqbroker"))
+            .args(["-n", &format!("127.0.0.1:{ns_port}")])
+            .args([
+                "-p",
+                "brokerIP1=127.0.0.1",
+                "-p",
+                &format!("listenPort={port}"),
+                "-p",
+                "shards=2",
+            ])
+            .env("HOME", home.path())
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    wait_port(port);
+    wait_route(ns_port, "TBW102");
+    let logs = home.path().join("logs/rocketmqlogs");
+    assert!(logs.join("namesrv.log").exists() && logs.join("broker.log").exists());
+    // Registration can precede the first write of the config files by a moment.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    for f in [
+        "abort",
+        "lock",
+        "checkpoint",
+        "commitlog",
+        "config/topics.json",
+    ] {
+        while !home.path().join("store").join(f).exists() {
+            assert!(Instant::now() < deadline, "~/store/{f} missing");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    drop(broker);
+    drop(ns);
 }
