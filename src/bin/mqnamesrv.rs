@@ -54,6 +54,13 @@ fn main() {
             p.display()
         );
     }
+    // Before the executor starts: this check may wait, and reads /proc.
+    if let Err(e) = coremq::protocol::server::ensure_port_free(std::net::SocketAddr::new(
+        cfg.bind,
+        cfg.listen_port,
+    )) {
+        fail(&e.to_string());
+    }
     let res = glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
         .name("namesrv")
         .io_memory(1 << 20)

@@ -285,7 +285,6 @@ impl Handler for NameServer {
 /// Runs the name server on the current glommio executor until `stop` resolves.
 pub async fn serve(cfg: NamesrvConfig, stop: impl Future<Output = ()>) -> std::io::Result<()> {
     let addr = SocketAddr::new(cfg.bind, cfg.listen_port);
-    crate::protocol::server::ensure_port_free(addr)?;
     let listener = glommio::net::TcpListener::bind(addr)?;
     log::info!("The Name Server boot success. serializeType=JSON, address {addr}");
     let ns = Rc::new(NameServer::default());

@@ -62,14 +62,43 @@ impl Conn {
     }
 }
 
-/// Fails if something already listens on `addr`. glommio listeners set SO_REUSEPORT (every
-/// shard binds the port), which would also let a second server bind the same port silently
-/// and share its connections; probing with a plain bind first refuses that, as upstream's
-/// "Address already in use" does.
+/// Fails if a socket already listens on `addr`'s port. glommio listeners set SO_REUSEPORT
+/// (every shard binds the port), which would also let a second server bind the same port
+/// silently and share its connections; this refuses that, as upstream's "Address already in
+/// use" does. It asks the kernel's socket table (`/proc/net/tcp{,6}`, state `0A` = LISTEN)
+/// rather than binding: connections a previous server left behind on the port (closing
+/// states) must not stop a restart, and a probe socket could take connections meant for us.
+///
+/// A listener of a process that just died can outlive it briefly (io_uring tears its ring
+/// down after the process exits), so a busy port is re-checked for up to 5 s before giving
+/// up. Blocking: call from `main`, not from an executor.
 pub fn ensure_port_free(addr: std::net::SocketAddr) -> std::io::Result<()> {
-    std::net::TcpListener::bind(addr)
-        .map(drop)
-        .map_err(|e| std::io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}")))
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while port_listening(addr.port()) {
+        if std::time::Instant::now() >= deadline {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::AddrInUse,
+                format!("cannot listen on {addr}: Address already in use"),
+            ));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    Ok(())
+}
+
+/// Whether a socket is in LISTEN state on `port` (any address) in this network namespace.
+fn port_listening(port: u16) -> bool {
+    let suffix = format!(":{port:04X}");
+    ["/proc/net/tcp", "/proc/net/tcp6"].iter().any(|table| {
+        std::fs::read_to_string(table).is_ok_and(|text| {
+            text.lines().skip(1).any(|l| {
+                let mut f = l.split_whitespace();
+                let local = f.nth(1).unwrap_or_default();
+                let state = f.nth(1).unwrap_or_default();
+                state == "0A" && local.ends_with(&suffix)
+            })
+        })
+    })
 }
 
 /// The standard answer to an unknown request code (reference §1.7).
