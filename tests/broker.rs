@@ -801,3 +801,39 @@ fn logs_and_store_default_to_the_home_directory() {
     drop(broker);
     drop(ns);
 }
+
+#[test]
+fn broker_registers_again_with_a_restarted_name_server() {
+    // Name servers keep no state: a restarted one learns the broker at its next registration.
+    let dir = tempfile::tempdir().unwrap();
+    let ns_port = free_port();
+    let ns = |log: &str| {
+        Proc(
+            std::process::Command::new(env!("CARGO_BIN_EXE_mqnamesrv"))
+                .args(["--listen-port", &ns_port.to_string(), "--log-dir"])
+                .arg(dir.path().join(log))
+                .stdout(std::process::Stdio::null())
+                .spawn()
+                .unwrap(),
+        )
+    };
+    let mut first = ns("ns1");
+    wait_port(ns_port);
+    let (_b, _port) = start_broker(
+        &dir.path().join("store"),
+        ns_port,
+        &["registerNameServerPeriod=10000"],
+    );
+    wait_route(ns_port, "TBW102");
+    first.0.kill().unwrap();
+    first.0.wait().unwrap();
+    let _second = ns("ns2");
+    wait_port(ns_port);
+    let t = Instant::now();
+    wait_route(ns_port, "TBW102");
+    assert!(
+        t.elapsed() < Duration::from_secs(15),
+        "re-registered after {:?}",
+        t.elapsed()
+    );
+}

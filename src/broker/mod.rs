@@ -728,3 +728,30 @@ impl Running {
         res
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn silent_consumers_expire_and_their_group_is_told() {
+        let c = Consumers::default();
+        let subs = BTreeMap::new();
+        assert!(c.heartbeat("G", "a", 0, 1, subs.clone()).is_empty());
+        // b joins: a is to be notified.
+        assert_eq!(c.heartbeat("G", "b", 1, 2, subs.clone()), vec![(0, 1)]);
+        assert!(
+            c.expire(Duration::from_secs(120)).is_empty(),
+            "nobody is silent yet"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+        c.heartbeat("G", "b", 1, 2, subs);
+        let gone = c.expire(Duration::from_millis(10));
+        assert_eq!(
+            gone,
+            vec![("G".to_string(), vec![(1, 2)])],
+            "a expired; b is told"
+        );
+        assert_eq!(c.client_ids("G"), vec!["b".to_string()]);
+    }
+}

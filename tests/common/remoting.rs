@@ -80,14 +80,19 @@ pub struct Client {
 
 impl Client {
     pub fn connect(port: u16) -> Client {
-        let s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        Self::try_connect(port).expect("connect")
+    }
+
+    /// `None` when nothing accepts on `port`.
+    pub fn try_connect(port: u16) -> Option<Client> {
+        let s = TcpStream::connect(("127.0.0.1", port)).ok()?;
         s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
         s.set_nodelay(true).unwrap();
-        Client {
+        Some(Client {
             s,
             buf: BytesMut::new(),
             opaque: 0,
-        }
+        })
     }
 
     pub fn send_raw(&mut self, bytes: &[u8]) -> std::io::Result<()> {
@@ -210,15 +215,17 @@ pub fn wait_route_where(
     topic: &str,
     ok: impl Fn(&serde_json::Value) -> bool,
 ) -> serde_json::Value {
-    let mut ns = Client::connect(ns_port);
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        let r = ns.call(req(
-            coremq::protocol::code::request::GET_ROUTEINFO_BY_TOPIC,
-            coremq::protocol::HeaderCodec::Json,
-            &[("topic", topic)],
-        ));
-        if r.code == coremq::protocol::code::response::SUCCESS {
+        // A fresh connection each try: the name server may be (re)starting.
+        let r = Client::try_connect(ns_port).and_then(|mut ns| {
+            ns.try_call(req(
+                coremq::protocol::code::request::GET_ROUTEINFO_BY_TOPIC,
+                coremq::protocol::HeaderCodec::Json,
+                &[("topic", topic)],
+            ))
+        });
+        if let Some(r) = r.filter(|r| r.code == coremq::protocol::code::response::SUCCESS) {
             let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
             if ok(&v) {
                 return v;
