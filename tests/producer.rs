@@ -80,7 +80,7 @@ fn sends_fail_over_to_the_surviving_broker_and_no_send_ok_is_lost() {
             ))
             .unwrap_or_else(|e| panic!("send {i} after the kill failed: {e}"));
         assert!(
-            t.elapsed() < p.send_timeout,
+            t.elapsed() < std::time::Duration::from_secs(3),
             "send {i} took {:?}",
             t.elapsed()
         );

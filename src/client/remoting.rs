@@ -5,9 +5,9 @@
 use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 
@@ -39,11 +39,28 @@ pub enum ClientError {
     Broker(String),
 }
 
-type Pending = Arc<Mutex<HashMap<i32, flume::Sender<RemotingCommand>>>>;
+/// A caller waiting for a response: a blocked thread, or a callback run on the connection's
+/// reader thread (it must not block) or by the timeout scanner.
+enum Waiter {
+    Sync(flume::Sender<RemotingCommand>),
+    Async {
+        deadline: Instant,
+        addr: String,
+        timeout_ms: u64,
+        callback: Callback,
+    },
+}
+
+/// What an asynchronous call is finished with.
+pub type Callback = Box<dyn FnOnce(Result<RemotingCommand, ClientError>) + Send>;
+
+type Pending = Arc<Mutex<HashMap<i32, Waiter>>>;
 
 struct Connection {
     writer: Mutex<TcpStream>,
     pending: Pending,
+    /// Set by the reader when the peer went away: the next call reconnects.
+    closed: Arc<AtomicBool>,
 }
 
 /// Connections to name servers and brokers, shared by a client instance.
@@ -52,6 +69,11 @@ pub struct RemotingClient {
     opaque: AtomicI32,
     /// Requests the servers send us (NOTIFY_CONSUMER_IDS_CHANGED, ...).
     incoming: flume::Sender<(String, RemotingCommand)>,
+    scanner: std::sync::Once,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl RemotingClient {
@@ -66,15 +88,18 @@ impl RemotingClient {
                 conns: Mutex::new(HashMap::new()),
                 opaque: AtomicI32::new(1),
                 incoming: tx,
+                scanner: std::sync::Once::new(),
             }),
             rx,
         )
     }
 
     fn connection(&self, addr: &str) -> Result<Arc<Connection>, ClientError> {
-        let mut conns = self.conns.lock().unwrap_or_else(|e| e.into_inner());
+        let mut conns = lock(&self.conns);
         if let Some(c) = conns.get(addr) {
-            return Ok(c.clone());
+            if !c.closed.load(Ordering::Acquire) {
+                return Ok(c.clone());
+            }
         }
         let stream = TcpStream::connect(addr)
             .map_err(|e| ClientError::Connect(addr.to_string(), e.to_string()))?;
@@ -83,56 +108,63 @@ impl RemotingClient {
             .try_clone()
             .map_err(|e| ClientError::Connect(addr.to_string(), e.to_string()))?;
         let pending: Pending = Arc::new(Mutex::new(HashMap::new()));
+        let closed = Arc::new(AtomicBool::new(false));
         let conn = Arc::new(Connection {
             writer: Mutex::new(stream),
             pending: pending.clone(),
+            closed: closed.clone(),
         });
         conns.insert(addr.to_string(), conn.clone());
         let (incoming, a) = (self.incoming.clone(), addr.to_string());
         std::thread::Builder::new()
             .name(format!("remoting-{addr}"))
-            .spawn(move || read_loop(reader, pending, incoming, a))
+            .spawn(move || read_loop(reader, pending, closed, incoming, a))
             .map_err(|e| ClientError::Connect(addr.to_string(), e.to_string()))?;
         Ok(conn)
     }
 
     fn forget(&self, addr: &str) {
-        self.conns
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(addr);
+        lock(&self.conns).remove(addr);
+    }
+
+    /// Registers `waiter` under a fresh opaque and writes `req`; on a write error the waiter
+    /// is taken back and returned with the error.
+    fn write(
+        &self,
+        addr: &str,
+        mut req: RemotingCommand,
+        waiter: Waiter,
+    ) -> Result<(Arc<Connection>, i32), (ClientError, Option<Waiter>)> {
+        let conn = match self.connection(addr) {
+            Ok(c) => c,
+            Err(e) => return Err((e, Some(waiter))),
+        };
+        req.opaque = self.opaque.fetch_add(1, Ordering::Relaxed);
+        let opaque = req.opaque;
+        lock(&conn.pending).insert(opaque, waiter);
+        let mut buf = BytesMut::new();
+        frame::encode(&req, &mut buf);
+        if let Err(e) = lock(&conn.writer).write_all(&buf) {
+            self.forget(addr);
+            let w = lock(&conn.pending).remove(&opaque);
+            return Err((ClientError::Send(addr.to_string(), e.to_string()), w));
+        }
+        Ok((conn, opaque))
     }
 
     /// Sends a request and waits for its response.
     pub fn invoke(
         &self,
         addr: &str,
-        mut req: RemotingCommand,
+        req: RemotingCommand,
         timeout: Duration,
     ) -> Result<RemotingCommand, ClientError> {
-        let conn = self.connection(addr)?;
-        req.opaque = self.opaque.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = flume::bounded(1);
-        conn.pending
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(req.opaque, tx);
-        let mut buf = BytesMut::new();
-        frame::encode(&req, &mut buf);
-        let sent = conn
-            .writer
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .write_all(&buf);
-        if let Err(e) = sent {
-            self.forget(addr);
-            return Err(ClientError::Send(addr.to_string(), e.to_string()));
-        }
+        let (conn, opaque) = self
+            .write(addr, req, Waiter::Sync(tx))
+            .map_err(|(e, _)| e)?;
         let res = rx.recv_timeout(timeout);
-        conn.pending
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&req.opaque);
+        lock(&conn.pending).remove(&opaque);
         match res {
             Ok(r) => Ok(r),
             Err(flume::RecvTimeoutError::Timeout) => Err(ClientError::Timeout(
@@ -144,6 +176,69 @@ impl RemotingClient {
                 Err(ClientError::Closed(addr.to_string()))
             }
         }
+    }
+
+    /// Sends a request without waiting; `callback` gets the response, or the error (a
+    /// timeout after `timeout`, a closed connection). It runs on the connection's reader
+    /// thread, or on this thread if the request could not be written: it must not block.
+    pub fn invoke_async(
+        self: &Arc<Self>,
+        addr: &str,
+        req: RemotingCommand,
+        timeout: Duration,
+        callback: Callback,
+    ) {
+        self.start_scanner();
+        let waiter = Waiter::Async {
+            deadline: Instant::now() + timeout,
+            addr: addr.to_string(),
+            timeout_ms: timeout.as_millis() as u64,
+            callback,
+        };
+        if let Err((e, Some(Waiter::Async { callback, .. }))) = self.write(addr, req, waiter) {
+            callback(Err(e));
+        }
+    }
+
+    /// One thread per client fails asynchronous calls past their deadline; it ends with the
+    /// client.
+    fn start_scanner(self: &Arc<Self>) {
+        self.scanner.call_once(|| {
+            let weak = Arc::downgrade(self);
+            let _ = std::thread::Builder::new()
+                .name("remoting-timeouts".into())
+                .spawn(move || loop {
+                    std::thread::sleep(Duration::from_millis(20));
+                    let Some(me) = weak.upgrade() else { return };
+                    let conns: Vec<Arc<Connection>> = lock(&me.conns).values().cloned().collect();
+                    drop(me);
+                    let now = Instant::now();
+                    for c in conns {
+                        let expired: Vec<Waiter> = {
+                            let mut p = lock(&c.pending);
+                            let ids: Vec<i32> = p
+                                .iter()
+                                .filter(|(_, w)| {
+                                    matches!(w, Waiter::Async { deadline, .. } if *deadline <= now)
+                                })
+                                .map(|(k, _)| *k)
+                                .collect();
+                            ids.iter().filter_map(|k| p.remove(k)).collect()
+                        };
+                        for w in expired {
+                            if let Waiter::Async {
+                                addr,
+                                timeout_ms,
+                                callback,
+                                ..
+                            } = w
+                            {
+                                callback(Err(ClientError::Timeout(addr, timeout_ms)));
+                            }
+                        }
+                    }
+                });
+        });
     }
 
     /// GET_ROUTEINFO_BY_TOPIC from the first name server that answers; `Ok(None)` when the
@@ -185,11 +280,7 @@ impl RemotingClient {
         req.flag |= crate::protocol::command::FLAG_ONEWAY;
         let mut buf = BytesMut::new();
         frame::encode(&req, &mut buf);
-        let res = conn
-            .writer
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .write_all(&buf);
+        let res = lock(&conn.writer).write_all(&buf);
         res.map_err(|e| {
             self.forget(addr);
             ClientError::Send(addr.to_string(), e.to_string())
@@ -200,6 +291,7 @@ impl RemotingClient {
 fn read_loop(
     mut s: TcpStream,
     pending: Pending,
+    closed: Arc<AtomicBool>,
     incoming: flume::Sender<(String, RemotingCommand)>,
     addr: String,
 ) {
@@ -209,12 +301,13 @@ fn read_loop(
         match frame::decode(&mut buf) {
             Ok(Some(cmd)) => {
                 if cmd.is_response() {
-                    let tx = pending
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .remove(&cmd.opaque);
-                    if let Some(tx) = tx {
-                        let _ = tx.send(cmd);
+                    let waiter = lock(&pending).remove(&cmd.opaque);
+                    match waiter {
+                        Some(Waiter::Sync(tx)) => {
+                            let _ = tx.send(cmd);
+                        }
+                        Some(Waiter::Async { callback, .. }) => callback(Ok(cmd)),
+                        None => {}
                     }
                 } else {
                     let _ = incoming.send((addr.clone(), cmd));
@@ -232,6 +325,13 @@ fn read_loop(
             Ok(n) => buf.extend_from_slice(&chunk[..n]),
         }
     }
-    // Dropping the senders wakes every waiting caller with "closed".
-    pending.lock().unwrap_or_else(|e| e.into_inner()).clear();
+    closed.store(true, Ordering::Release);
+    let _ = s.shutdown(std::net::Shutdown::Both);
+    // Dropping the senders wakes every waiting caller with "closed"; callbacks hear it.
+    let waiters: Vec<Waiter> = lock(&pending).drain().map(|(_, w)| w).collect();
+    for w in waiters {
+        if let Waiter::Async { callback, .. } = w {
+            callback(Err(ClientError::Closed(addr.clone())));
+        }
+    }
 }
