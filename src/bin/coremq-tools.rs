@@ -8,7 +8,6 @@
 //!   Messages: [MessageExt [...]]` per batch, until killed (or `COREMQ_QUICKSTART_SECONDS`).
 
 use coremq::client::{Message, Producer, PushConsumer};
-use std::sync::atomic::{AtomicUsize, Ordering};
 
 const PRODUCER: &str = "org.apache.rocketmq.example.quickstart.Producer";
 const CONSUMER: &str = "org.apache.rocketmq.example.quickstart.Consumer";
@@ -56,17 +55,16 @@ fn producer() -> i32 {
 }
 
 fn consumer() -> i32 {
-    let batches = std::sync::Arc::new(AtomicUsize::new(0));
-    let b = batches.clone();
     let c = match PushConsumer::start(
         "please_rename_unique_group_name_4",
         None,
         &[("TopicTest", "*")],
         move |msgs| {
-            let n = b.fetch_add(1, Ordering::Relaxed) % 20 + 1;
             let list: Vec<String> = msgs.iter().map(|m| m.to_string()).collect();
+            // The listener runs on a `ConsumeMessageThread_N` thread, as upstream's does.
             println!(
-                "ConsumeMessageThread_{n} Receive New Messages: [{}]",
+                "{} Receive New Messages: [{}]",
+                std::thread::current().name().unwrap_or("ConsumeMessageThread"),
                 list.join(", ")
             );
         },

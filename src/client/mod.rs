@@ -6,5 +6,8 @@ pub mod consumer;
 pub mod producer;
 pub mod remoting;
 
-pub use consumer::{MessageExt, PushConsumer};
+pub use consumer::{
+    AllocateStrategy, ConsumeContext, ConsumeFromWhere, ConsumeResult, ConsumerOptions, MessageExt,
+    MessageModel, PushConsumer,
+};
 pub use producer::{Message, MessageQueue, Producer, SendResult, SendStatus};
