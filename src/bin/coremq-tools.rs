@@ -64,7 +64,9 @@ fn consumer() -> i32 {
             // The listener runs on a `ConsumeMessageThread_N` thread, as upstream's does.
             println!(
                 "{} Receive New Messages: [{}]",
-                std::thread::current().name().unwrap_or("ConsumeMessageThread"),
+                std::thread::current()
+                    .name()
+                    .unwrap_or("ConsumeMessageThread"),
                 list.join(", ")
             );
         },

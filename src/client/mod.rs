@@ -7,7 +7,7 @@ pub mod producer;
 pub mod remoting;
 
 pub use consumer::{
-    AllocateStrategy, ConsumeContext, ConsumeFromWhere, ConsumeResult, ConsumerOptions, MessageExt,
-    MessageModel, PushConsumer,
+    AllocateStrategy, ConsumeContext, ConsumeFromWhere, ConsumeResult, ConsumerOptions,
+    LitePullConsumer, MessageExt, MessageModel, PushConsumer,
 };
 pub use producer::{Message, MessageQueue, Producer, SendResult, SendStatus};

@@ -464,7 +464,9 @@ impl Inner {
 
     fn prepare_batch(&self, msgs: &[Message]) -> Result<Prepared, ProducerError> {
         let Some(first) = msgs.first() else {
-            return Err(ProducerError::Batch("a batch needs at least one message".into()));
+            return Err(ProducerError::Batch(
+                "a batch needs at least one message".into(),
+            ));
         };
         if let Some(m) = msgs.iter().find(|m| m.topic != first.topic) {
             return Err(ProducerError::Batch(format!(

@@ -138,8 +138,7 @@ mod tests {
             for n in [1u32, 3, 4, 8, 17] {
                 for members in 1..7 {
                     let c: Vec<String> = (0..members).map(|i| format!("10.0.0.{i}@1")).collect();
-                    let mut got: Vec<u32> =
-                        c.iter().flat_map(|me| share(s, n, &c, me)).collect();
+                    let mut got: Vec<u32> = c.iter().flat_map(|me| share(s, n, &c, me)).collect();
                     got.sort();
                     assert_eq!(got, (0..n).collect::<Vec<_>>(), "{s:?} n={n} c={members}");
                     if s != (AllocateStrategy::ConsistentHash { virtual_nodes: 10 }) {

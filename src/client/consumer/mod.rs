@@ -12,6 +12,8 @@
 
 mod allocate;
 mod core;
+mod lite;
+mod member;
 mod pull;
 mod push;
 
@@ -23,6 +25,7 @@ use bytes::Bytes;
 
 pub use self::core::offset_file;
 pub use allocate::AllocateStrategy;
+pub use lite::LitePullConsumer;
 pub use push::{ConsumeContext, PushConsumer};
 
 use super::producer::MessageQueue;

@@ -68,14 +68,19 @@ impl QueueState {
         self.dropped.load(Ordering::Acquire)
     }
 
-    fn put(&self, msgs: &[MessageExt]) {
+    /// Caches pulled messages, unless a seek happened since the pull was issued.
+    fn put(&self, msgs: &[MessageExt], generation: u64) -> bool {
         let mut c = lock(&self.cache);
+        if self.generation.load(Ordering::Acquire) != generation {
+            return false;
+        }
         for m in msgs {
             if c.msgs.insert(m.queue_offset, m.clone()).is_none() {
                 c.bytes += m.record.body.len();
             }
             c.max_offset = c.max_offset.max(m.queue_offset);
         }
+        true
     }
 
     /// Removes consumed messages; returns the offset up to which everything is consumed
@@ -93,10 +98,20 @@ impl QueueState {
         }
     }
 
+    /// Moves the next pull offset, unless a seek happened since the pull was issued.
+    fn advance(&self, generation: u64, next: i64) -> bool {
+        let _c = lock(&self.cache);
+        let same = self.generation.load(Ordering::Acquire) == generation;
+        if same {
+            self.next_offset.store(next, Ordering::Release);
+        }
+        same
+    }
+
     /// Empties the cache (a seek); consumption resumes from `offset`.
     pub fn reset(&self, offset: i64) {
-        self.generation.fetch_add(1, Ordering::AcqRel);
         let mut c = lock(&self.cache);
+        self.generation.fetch_add(1, Ordering::AcqRel);
         *c = Cache {
             max_offset: offset - 1,
             ..Default::default()
@@ -240,18 +255,21 @@ impl PullService {
                         if let Some(f) = &filter {
                             msgs.retain(|m| f.matches(m));
                         }
-                        q.next_offset.store(h.next_begin_offset, Ordering::Release);
                         if msgs.is_empty() {
-                            skip_to(&core, &q, h.next_begin_offset);
-                        } else {
-                            q.put(&msgs);
+                            if q.advance(generation, h.next_begin_offset) {
+                                skip_to(&core, &q, h.next_begin_offset);
+                            }
+                        } else if q.put(&msgs, generation)
+                            && q.advance(generation, h.next_begin_offset)
+                        {
                             sink(&q, msgs);
                         }
                         me.submit(q);
                     }
                     response::PULL_NOT_FOUND | response::PULL_RETRY_IMMEDIATELY => {
-                        q.next_offset.store(h.next_begin_offset, Ordering::Release);
-                        skip_to(&core, &q, h.next_begin_offset);
+                        if q.advance(generation, h.next_begin_offset) {
+                            skip_to(&core, &q, h.next_begin_offset);
+                        }
                         me.submit(q);
                     }
                     response::PULL_OFFSET_MOVED => {
@@ -260,8 +278,9 @@ impl PullService {
                             q.mq,
                             h.next_begin_offset
                         );
-                        q.next_offset.store(h.next_begin_offset, Ordering::Release);
-                        skip_to(&core, &q, h.next_begin_offset);
+                        if q.advance(generation, h.next_begin_offset) {
+                            skip_to(&core, &q, h.next_begin_offset);
+                        }
                         me.submit(q);
                     }
                     code => {

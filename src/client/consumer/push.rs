@@ -3,25 +3,19 @@
 //! offset (everything before the oldest message still cached) is committed every
 //! `persist_offset_interval`, as soon as a queue goes idle, when a queue is released, and at
 //! shutdown.
-//!
-//! Rebalance (every `rebalance_interval`, and at once on NOTIFY_CONSUMER_IDS_CHANGED) keeps
-//! the owned queues equal to the group's allocation. A released queue stops being pulled and
-//! consumed; its running listener calls get up to `release_wait` to finish; then its offset is
-//! committed synchronously, so the next owner starts where this one stopped. A new queue
-//! starts from the committed offset.
+//! Which queues it owns is decided in `member` (rebalance).
 
-use std::collections::HashMap;
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use super::core::{lock, Core};
+use super::member::Member;
 use super::pull::{delay_thread, PullService, QueueState, Sink};
 use super::{ConsumeResult, ConsumerOptions, MessageExt, MessageModel};
 use crate::client::producer::MessageQueue;
-use crate::protocol::code::request;
 
 /// What the listener is told besides the messages.
 #[derive(Debug, Clone)]
@@ -36,16 +30,9 @@ struct ConsumeRequest {
     msgs: Vec<MessageExt>,
 }
 
-struct Inner {
-    core: Arc<Core>,
-    running: Arc<AtomicBool>,
-    queues: Mutex<HashMap<MessageQueue, Arc<QueueState>>>,
-    pull: PullService,
-}
-
 /// A push consumer (`DefaultMQPushConsumer`).
 pub struct PushConsumer {
-    inner: Arc<Inner>,
+    inner: Arc<Member>,
     threads: Vec<JoinHandle<()>>,
 }
 
@@ -90,9 +77,14 @@ impl PushConsumer {
         let (work_tx, work_rx) = flume::unbounded::<ConsumeRequest>();
         let (retry_tx, retry_rx) = flume::unbounded::<(Instant, ConsumeRequest)>();
         let w = work_tx.clone();
-        threads.push(delay_thread("ConsumeRetry", retry_rx, running.clone(), move |r| {
-            let _ = w.send(r);
-        }));
+        threads.push(delay_thread(
+            "ConsumeRetry",
+            retry_rx,
+            running.clone(),
+            move |r| {
+                let _ = w.send(r);
+            },
+        ));
         for n in 1..=core.opts.consume_threads.max(1) {
             let (rx, retry, l, c, run) = (
                 work_rx.clone(),
@@ -119,19 +111,8 @@ impl PushConsumer {
         });
         let (pull, h) = PullService::start(core.clone(), sink, running.clone());
         threads.push(h);
-        let inner = Arc::new(Inner {
-            core,
-            running,
-            queues: Mutex::new(HashMap::new()),
-            pull,
-        });
-        let i = inner.clone();
-        threads.push(
-            std::thread::Builder::new()
-                .name("RebalanceService".into())
-                .spawn(move || service_loop(&i, &incoming))
-                .map_err(|e| format!("spawn the rebalance thread: {e}"))?,
-        );
+        let inner = Member::new(core, running, pull);
+        threads.push(inner.start_service(incoming)?);
         log::info!(
             "push consumer {} of group {} started ({:?})",
             inner.core.client_id,
@@ -164,27 +145,11 @@ impl PushConsumer {
     /// Stops pulling and consuming, commits offsets and leaves the group.
     pub fn shutdown(self) {
         let inner = &self.inner;
-        let qs: Vec<Arc<QueueState>> = lock(&inner.queues).drain().map(|(_, q)| q).collect();
-        for q in &qs {
-            q.dropped.store(true, Ordering::SeqCst);
-        }
-        for q in &qs {
-            wait_idle(q, inner.core.opts.release_wait);
-        }
-        inner.running.store(false, Ordering::Relaxed);
-        inner.core.persist(None);
-        inner.core.unregister();
+        inner.stop();
         for t in self.threads {
             let _ = t.join();
         }
         log::info!("push consumer {} shut down", inner.core.client_id);
-    }
-}
-
-fn wait_idle(q: &QueueState, bound: Duration) {
-    let until = Instant::now() + bound;
-    while q.inflight.load(Ordering::SeqCst) > 0 && Instant::now() < until {
-        std::thread::sleep(Duration::from_millis(1));
     }
 }
 
@@ -209,10 +174,16 @@ fn consume_loop(
             q.inflight.fetch_sub(1, Ordering::SeqCst);
             continue;
         }
-        let ctx = ConsumeContext { queue: q.mq.clone() };
+        let ctx = ConsumeContext {
+            queue: q.mq.clone(),
+        };
         let result = std::panic::catch_unwind(AssertUnwindSafe(|| listener(&req.msgs, &ctx)))
             .unwrap_or_else(|_| {
-                log::warn!("the listener panicked on {} messages of {}", req.msgs.len(), q.mq);
+                log::warn!(
+                    "the listener panicked on {} messages of {}",
+                    req.msgs.len(),
+                    q.mq
+                );
                 ConsumeResult::ReconsumeLater
             });
         let consumed = match (result, core.opts.model) {
@@ -241,111 +212,5 @@ fn consume_loop(
             let _ = retry.send((Instant::now() + core.opts.reconsume_delay, req));
         }
         q.inflight.fetch_sub(1, Ordering::SeqCst);
-    }
-}
-
-/// Heartbeats, rebalance and offset persistence, on one thread.
-fn service_loop(inner: &Arc<Inner>, incoming: &flume::Receiver<(String, crate::protocol::RemotingCommand)>) {
-    let core = &inner.core;
-    let mut next_heartbeat = Instant::now();
-    let mut next_rebalance = Instant::now() + core.opts.rebalance_interval;
-    let mut next_persist = Instant::now() + core.opts.persist_offset_interval;
-    while inner.running.load(Ordering::Relaxed) {
-        let mut now_rebalance = false;
-        if Instant::now() >= next_heartbeat {
-            // Until a broker of our topics answers (a new topic's route may not be on the
-            // name server yet), try every second.
-            let reached = core.heartbeat();
-            now_rebalance = true;
-            next_heartbeat = Instant::now()
-                + if reached {
-                    core.opts.heartbeat_interval
-                } else {
-                    Duration::from_secs(1)
-                };
-        }
-        match incoming.recv_timeout(Duration::from_millis(50)) {
-            Ok((from, cmd)) if cmd.code == request::NOTIFY_CONSUMER_IDS_CHANGED => {
-                log::info!("receive broker's notification[{from}], the consumer group: {} changed, rebalance immediately", core.group);
-                now_rebalance = true;
-            }
-            _ => {}
-        }
-        if now_rebalance || Instant::now() >= next_rebalance {
-            while incoming.try_recv().is_ok() {}
-            rebalance(inner);
-            next_rebalance = Instant::now() + core.opts.rebalance_interval;
-        }
-        if Instant::now() >= next_persist {
-            core.persist(None);
-            next_persist = Instant::now() + core.opts.persist_offset_interval;
-        } else {
-            // A queue that caught up commits at once: a paused stream leaves nothing
-            // uncommitted for the next owner to redeliver.
-            let idle: Vec<MessageQueue> = lock(&inner.queues)
-                .iter()
-                .filter(|(mq, q)| {
-                    core.offsets.is_dirty(mq)
-                        && q.inflight.load(Ordering::SeqCst) == 0
-                        && q.cached().0 == 0
-                })
-                .map(|(mq, _)| mq.clone())
-                .collect();
-            if !idle.is_empty() {
-                core.persist(Some(&idle));
-            }
-        }
-    }
-}
-
-fn rebalance(inner: &Arc<Inner>) {
-    let core = &inner.core;
-    let topics: Vec<String> = lock(&core.subs).keys().cloned().collect();
-    for topic in topics {
-        let Some(want) = core.allocation(&topic) else {
-            continue;
-        };
-        let released: Vec<Arc<QueueState>> = {
-            let mut table = lock(&inner.queues);
-            let gone: Vec<MessageQueue> = table
-                .keys()
-                .filter(|k| k.topic == topic && !want.contains(k))
-                .cloned()
-                .collect();
-            gone.iter().filter_map(|mq| table.remove(mq)).collect()
-        };
-        for q in &released {
-            q.dropped.store(true, Ordering::SeqCst);
-        }
-        for q in &released {
-            wait_idle(q, core.opts.release_wait);
-            core.persist(Some(std::slice::from_ref(&q.mq)));
-            core.offsets.remove(&q.mq);
-        }
-        let mut added = 0;
-        for mq in &want {
-            if lock(&inner.queues).contains_key(mq) {
-                continue;
-            }
-            core.offsets.remove(mq);
-            let Some(start) = core.start_offset(mq) else {
-                log::warn!("no start offset for {mq} yet; retrying at the next rebalance");
-                continue;
-            };
-            let q = QueueState::new(mq.clone(), start);
-            lock(&inner.queues).insert(mq.clone(), q.clone());
-            inner.pull.submit(q);
-            added += 1;
-        }
-        if added > 0 || !released.is_empty() {
-            log::info!(
-                "rebalance {} of group {}: {} queues now (+{added} -{}) for {}",
-                topic,
-                core.group,
-                want.len(),
-                released.len(),
-                core.client_id
-            );
-        }
     }
 }
