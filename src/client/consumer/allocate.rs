@@ -136,7 +136,7 @@ mod tests {
             AllocateStrategy::ConsistentHash { virtual_nodes: 10 },
         ] {
             for n in [1u32, 3, 4, 8, 17] {
-                for members in 1..7 {
+                for members in 1usize..7 {
                     let c: Vec<String> = (0..members).map(|i| format!("10.0.0.{i}@1")).collect();
                     let mut got: Vec<u32> = c.iter().flat_map(|me| share(s, n, &c, me)).collect();
                     got.sort();

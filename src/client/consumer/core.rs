@@ -28,6 +28,9 @@ pub fn offset_file(dir: &Path, client_id: &str, group: &str) -> PathBuf {
     dir.join(client_id).join(group).join("offsets.json")
 }
 
+/// Requests brokers send to the client (NOTIFY_CONSUMER_IDS_CHANGED), with the sender.
+pub(crate) type Incoming = flume::Receiver<(String, RemotingCommand)>;
+
 /// One subscription: topic and tag expression.
 #[derive(Debug, Clone)]
 pub(crate) struct Sub {
@@ -66,7 +69,7 @@ impl Core {
         namesrv: Option<&str>,
         opts: ConsumerOptions,
         consume_type: &'static str,
-    ) -> Result<(Arc<Core>, flume::Receiver<(String, RemotingCommand)>), String> {
+    ) -> Result<(Arc<Core>, Incoming), String> {
         if group.is_empty() {
             return Err("consumerGroup can not be empty".into());
         }
@@ -435,7 +438,7 @@ impl OffsetStore {
         let mut t = lock(&self.table);
         let mut out = Vec::new();
         for (mq, e) in t.iter_mut() {
-            if e.1 && e.0 >= 0 && mqs.is_none_or(|m| m.contains(mq)) {
+            if e.1 && e.0 >= 0 && mqs.map_or(true, |m| m.contains(mq)) {
                 e.1 = false;
                 out.push((mq.clone(), e.0));
             }

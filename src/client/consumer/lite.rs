@@ -164,7 +164,8 @@ impl LitePullConsumer {
             }
             let offset = q.remove(taken.iter().map(|m| m.queue_offset));
             if self.auto_commit.load(Ordering::Relaxed) {
-                self.core().offsets.update(&q.mq, offset, true);
+                // Not increase-only: after a seek back, the offset follows the polls.
+                self.core().offsets.update(&q.mq, offset, false);
             } else {
                 lock(&self.polled).insert(q.mq.clone(), offset);
             }
@@ -200,7 +201,8 @@ impl LitePullConsumer {
         }
     }
 
-    /// The next poll of `mq` starts at `offset` (an owned queue).
+    /// The next poll of `mq` starts at `offset` (an owned queue). The committed offset does
+    /// not change until the next commit.
     pub fn seek(&self, mq: &MessageQueue, offset: i64) -> Result<(), String> {
         let q = lock(&self.member.queues)
             .get(mq)
@@ -214,9 +216,9 @@ impl LitePullConsumer {
                 ));
             }
         }
+        // The committed offset moves only by a commit (or the next auto-committing poll).
         q.reset(offset);
         lock(&self.polled).remove(mq);
-        self.core().offsets.update(mq, offset, false);
         Ok(())
     }
 
