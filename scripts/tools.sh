@@ -4,6 +4,7 @@
 #   scripts/tools.sh org.apache.rocketmq.example.quickstart.Producer
 set -euo pipefail
 cd "$(dirname "$0")/.."
-BIN="$PWD/target/release/coremq-tools"
+# COREMQ_BIN_DIR: where the binaries are (default target/release, built if missing).
+BIN="${COREMQ_BIN_DIR:-$PWD/target/release}/coremq-tools"
 [ -x "$BIN" ] || cargo build --release --locked --bin coremq-tools >&2
 exec "$BIN" "$@"

@@ -107,3 +107,107 @@ fn sends_fail_over_to_the_surviving_broker_and_no_send_ok_is_lost() {
         );
     }
 }
+
+/// Asynchronous sends with many in flight, oneway sends and batches all land, with keys
+/// and user properties intact; an unreachable broker fails async sends with a clear error.
+#[test]
+fn async_oneway_and_batch_sends() {
+    use coremq::client::{ConsumeFromWhere, ConsumerOptions, LitePullConsumer};
+    use std::sync::mpsc;
+    let dir = tempfile::tempdir().unwrap();
+    let (_ns, ns_port) = start_namesrv(dir.path(), &[]);
+    let (_b, port) = start_broker(&dir.path().join("s"), ns_port, &[]);
+    create_topic(port, "Modes", 1);
+    wait_route(ns_port, "Modes");
+    let ns = format!("127.0.0.1:{ns_port}");
+    let p = Producer::new("pg", Some(&ns)).unwrap();
+
+    let (tx, rx) = mpsc::channel();
+    for i in 0..200 {
+        let mut m = Message::new("Modes", "A", format!("async-{i}").into_bytes());
+        m.keys = vec![format!("key-{i}")];
+        m.user_properties = vec![("color".into(), "blue".into())];
+        let tx = tx.clone();
+        p.send_async(&m, Box::new(move |r| tx.send(r).unwrap()));
+    }
+    let mut ids = std::collections::BTreeSet::new();
+    for _ in 0..200 {
+        let r = rx
+            .recv_timeout(std::time::Duration::from_secs(10))
+            .unwrap()
+            .unwrap();
+        assert_eq!(r.status, coremq::client::SendStatus::SendOk);
+        ids.insert(r.msg_id);
+    }
+    assert_eq!(ids.len(), 200, "distinct UNIQ_KEYs");
+    for i in 0..50 {
+        p.send_oneway(&Message::new(
+            "Modes",
+            "B",
+            format!("oneway-{i}").into_bytes(),
+        ))
+        .unwrap();
+    }
+    let batch: Vec<Message> = (0..32)
+        .map(|i| Message::new("Modes", "C", format!("batch-{i}").into_bytes()))
+        .collect();
+    let r = p.send_batch(&batch).unwrap();
+    assert_eq!(r.msg_id.split(',').count(), 32);
+    assert_eq!(r.offset_msg_id.split(',').count(), 32);
+    let (btx, brx) = mpsc::channel();
+    p.send_batch_async(&batch[..4], Box::new(move |r| btx.send(r).unwrap()));
+    let r = brx
+        .recv_timeout(std::time::Duration::from_secs(10))
+        .unwrap()
+        .unwrap();
+    assert_eq!(r.msg_id.split(',').count(), 4);
+    let mixed = [batch[0].clone(), Message::new("Other", "", b"x".to_vec())];
+    assert!(p.send_batch(&mixed).is_err(), "one topic per batch");
+
+    // Read everything back.
+    let c = LitePullConsumer::start(
+        "check",
+        Some(&ns),
+        ConsumerOptions {
+            consume_from: ConsumeFromWhere::FirstOffset,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    c.assign(&p.fetch_publish_queues("Modes").unwrap()).unwrap();
+    let mut bodies = Vec::new();
+    let deadline = Instant::now() + std::time::Duration::from_secs(20);
+    while bodies.len() < 286 {
+        assert!(Instant::now() < deadline, "{} of 286", bodies.len());
+        for m in c.poll(std::time::Duration::from_millis(200)) {
+            if m.body().starts_with(b"async-") {
+                assert_eq!(m.property("color").as_deref(), Some("blue"));
+                assert!(m.property("KEYS").unwrap().starts_with("key-"));
+            }
+            bodies.push(String::from_utf8_lossy(m.body()).into_owned());
+        }
+    }
+    for prefix in ["async-", "oneway-", "batch-"] {
+        let n = bodies.iter().filter(|b| b.starts_with(prefix)).count();
+        let want = match prefix {
+            "async-" => 200,
+            "oneway-" => 50,
+            _ => 36,
+        };
+        assert_eq!(n, want, "{prefix}");
+    }
+    c.shutdown();
+
+    // No name server listens: async sends end with an error, not silence.
+    let dead = Producer::new("pg", Some(&format!("127.0.0.1:{}", free_port()))).unwrap();
+    let (etx, erx) = mpsc::channel();
+    dead.send_async(
+        &Message::new("Modes", "", b"x".to_vec()),
+        Box::new(move |r| etx.send(r.map_err(|e| e.to_string())).unwrap()),
+    );
+    let err = erx
+        .recv_timeout(std::time::Duration::from_secs(10))
+        .unwrap()
+        .unwrap_err();
+    assert!(err.contains("connect to 127.0.0.1:"), "{err}");
+}
