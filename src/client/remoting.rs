@@ -288,6 +288,15 @@ impl RemotingClient {
     }
 }
 
+impl Drop for RemotingClient {
+    /// Closes every connection, so their reader threads see the end and exit.
+    fn drop(&mut self) {
+        for c in lock(&self.conns).values() {
+            let _ = lock(&c.writer).shutdown(std::net::Shutdown::Both);
+        }
+    }
+}
+
 fn read_loop(
     mut s: TcpStream,
     pending: Pending,
