@@ -20,8 +20,10 @@ use bytes::Bytes;
 use clap::Parser;
 use coremq::message::properties;
 use coremq::store::{FlushDiskType, PutMessage, Store, StoreConfig};
-use glommio::io::{DmaFile, OpenOptions};
 use hdrhistogram::Histogram;
+
+mod limits;
+use limits::*;
 
 #[derive(Parser, Clone)]
 struct Opts {
@@ -49,146 +51,6 @@ struct Opts {
     /// Ignored (cargo bench passes it).
     #[arg(long, hide = true)]
     bench: bool,
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
-    if v.is_empty() {
-        return 0.0;
-    }
-    v[v.len() / 2]
-}
-
-fn new_hist() -> Histogram<u64> {
-    Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3).expect("histogram bounds")
-}
-
-/// Runs `f` on a fresh single executor (raw measurements).
-fn on_executor<R: Send + 'static>(
-    f: impl FnOnce() -> std::pin::Pin<Box<dyn std::future::Future<Output = R>>> + Send + 'static,
-) -> R {
-    glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
-        .io_memory(1 << 20)
-        .spawn(move || async move { f().await })
-        .expect("executor")
-        .join()
-        .expect("join")
-}
-
-struct Raw {
-    write_mbps: f64,
-    read_mbps: f64,
-    fsync_p50_us: f64,
-    fsync_p99_us: f64,
-}
-
-async fn raw_write(path: PathBuf, total: u64, block: usize, depth: usize) -> f64 {
-    let _ = std::fs::remove_file(&path);
-    let f = Rc::new(
-        OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .dma_open(&path)
-            .await
-            .expect("open raw file"),
-    );
-    f.pre_allocate(total, false).await.expect("fallocate");
-    let start = Instant::now();
-    let mut pos = 0u64;
-    let mut inflight = std::collections::VecDeque::new();
-    while pos < total {
-        let mut b = f.alloc_dma_buffer(block);
-        b.as_bytes_mut().fill(0xAB);
-        let ff = f.clone();
-        let at = pos;
-        inflight.push_back(glommio::spawn_local(
-            async move { ff.write_at(b, at).await },
-        ));
-        pos += block as u64;
-        if inflight.len() >= depth {
-            inflight.pop_front().expect("task").await.expect("write");
-        }
-    }
-    for t in inflight {
-        t.await.expect("write");
-    }
-    f.fdatasync().await.expect("fdatasync");
-    total as f64 / start.elapsed().as_secs_f64() / 1e6
-}
-
-async fn raw_read(path: PathBuf, total: u64, block: usize) -> f64 {
-    let f = DmaFile::open(&path).await.expect("open raw file");
-    let start = Instant::now();
-    let mut pos = 0;
-    while pos < total {
-        let r = f.read_at_aligned(pos, block).await.expect("read");
-        // Touch the data as a consumer would (the store copies it out).
-        let v = Bytes::copy_from_slice(&r);
-        std::hint::black_box(v);
-        pos += block as u64;
-    }
-    total as f64 / start.elapsed().as_secs_f64() / 1e6
-}
-
-async fn raw_fsync(path: PathBuf, n: usize) -> (f64, f64) {
-    let _ = std::fs::remove_file(&path);
-    let f = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .dma_open(&path)
-        .await
-        .expect("open");
-    f.pre_allocate(64 << 20, false).await.expect("fallocate");
-    let mut h = new_hist();
-    for i in 0..n {
-        let mut b = f.alloc_dma_buffer(4096);
-        b.as_bytes_mut().fill(1);
-        let t = Instant::now();
-        f.write_at(b, (i as u64) * 4096).await.expect("write");
-        f.fdatasync().await.expect("fdatasync");
-        h.record(t.elapsed().as_nanos() as u64).ok();
-    }
-    (
-        h.value_at_quantile(0.5) as f64 / 1e3,
-        h.value_at_quantile(0.99) as f64 / 1e3,
-    )
-}
-
-fn raw_limits(dir: &Path, reps: usize) -> Raw {
-    let total = 512u64 << 20;
-    let mut w = Vec::new();
-    let mut r = Vec::new();
-    let mut p50 = Vec::new();
-    let mut p99 = Vec::new();
-    for _ in 0..reps {
-        let path = dir.join("raw.dat");
-        let probe = dir.join("probe.dat");
-        let (wm, rm, (a, b)) = on_executor(move || {
-            Box::pin(async move {
-                coremq::store::dma::prime_iopoll_probe(&probe)
-                    .await
-                    .expect("probe");
-                let wm = raw_write(path.clone(), total, 1 << 20, 4).await;
-                let rm = raw_read(path.clone(), total, 1 << 20).await;
-                let fs = raw_fsync(path.with_extension("sync"), 300).await;
-                let _ = std::fs::remove_file(&path);
-                let _ = std::fs::remove_file(path.with_extension("sync"));
-                (wm, rm, fs)
-            })
-        });
-        w.push(wm);
-        r.push(rm);
-        p50.push(a);
-        p99.push(b);
-    }
-    Raw {
-        write_mbps: median(w),
-        read_mbps: median(r),
-        fsync_p50_us: median(p50),
-        fsync_p99_us: median(p99),
-    }
 }
 
 #[derive(Clone, Copy)]

@@ -1,0 +1,233 @@
+//! Raw limits of the host, measured in the same run as what is compared with them:
+//! sequential O_DIRECT write and read bandwidth, `fdatasync` latency, loopback TCP bandwidth
+//! and round trip. Shared by the benchmarks (`mod limits;`).
+#![allow(dead_code)]
+
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use glommio::io::{DmaFile, OpenOptions};
+use hdrhistogram::Histogram;
+
+pub fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
+    if v.is_empty() {
+        return 0.0;
+    }
+    v[v.len() / 2]
+}
+
+pub fn new_hist() -> Histogram<u64> {
+    Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3).expect("histogram bounds")
+}
+
+/// Runs `f` on a fresh single executor (raw measurements).
+pub fn on_executor<R: Send + 'static>(
+    f: impl FnOnce() -> std::pin::Pin<Box<dyn std::future::Future<Output = R>>> + Send + 'static,
+) -> R {
+    glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
+        .io_memory(1 << 20)
+        .spawn(move || async move { f().await })
+        .expect("executor")
+        .join()
+        .expect("join")
+}
+
+pub struct Raw {
+    pub write_mbps: f64,
+    pub read_mbps: f64,
+    pub fsync_p50_us: f64,
+    pub fsync_p99_us: f64,
+}
+
+pub async fn raw_write(path: PathBuf, total: u64, block: usize, depth: usize) -> f64 {
+    let _ = std::fs::remove_file(&path);
+    let f = Rc::new(
+        OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .dma_open(&path)
+            .await
+            .expect("open raw file"),
+    );
+    f.pre_allocate(total, false).await.expect("fallocate");
+    let start = Instant::now();
+    let mut pos = 0u64;
+    let mut inflight = std::collections::VecDeque::new();
+    while pos < total {
+        let mut b = f.alloc_dma_buffer(block);
+        b.as_bytes_mut().fill(0xAB);
+        let ff = f.clone();
+        let at = pos;
+        inflight.push_back(glommio::spawn_local(
+            async move { ff.write_at(b, at).await },
+        ));
+        pos += block as u64;
+        if inflight.len() >= depth {
+            inflight.pop_front().expect("task").await.expect("write");
+        }
+    }
+    for t in inflight {
+        t.await.expect("write");
+    }
+    f.fdatasync().await.expect("fdatasync");
+    total as f64 / start.elapsed().as_secs_f64() / 1e6
+}
+
+pub async fn raw_read(path: PathBuf, total: u64, block: usize) -> f64 {
+    let f = DmaFile::open(&path).await.expect("open raw file");
+    let start = Instant::now();
+    let mut pos = 0;
+    while pos < total {
+        let r = f.read_at_aligned(pos, block).await.expect("read");
+        // Touch the data as a consumer would (the store copies it out).
+        let v = Bytes::copy_from_slice(&r);
+        std::hint::black_box(v);
+        pos += block as u64;
+    }
+    total as f64 / start.elapsed().as_secs_f64() / 1e6
+}
+
+pub async fn raw_fsync(path: PathBuf, n: usize) -> (f64, f64) {
+    let _ = std::fs::remove_file(&path);
+    let f = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .dma_open(&path)
+        .await
+        .expect("open");
+    f.pre_allocate(64 << 20, false).await.expect("fallocate");
+    let mut h = new_hist();
+    for i in 0..n {
+        let mut b = f.alloc_dma_buffer(4096);
+        b.as_bytes_mut().fill(1);
+        let t = Instant::now();
+        f.write_at(b, (i as u64) * 4096).await.expect("write");
+        f.fdatasync().await.expect("fdatasync");
+        h.record(t.elapsed().as_nanos() as u64).ok();
+    }
+    (
+        h.value_at_quantile(0.5) as f64 / 1e3,
+        h.value_at_quantile(0.99) as f64 / 1e3,
+    )
+}
+
+pub fn raw_limits(dir: &Path, reps: usize) -> Raw {
+    let total = 512u64 << 20;
+    let mut w = Vec::new();
+    let mut r = Vec::new();
+    let mut p50 = Vec::new();
+    let mut p99 = Vec::new();
+    for _ in 0..reps {
+        let path = dir.join("raw.dat");
+        let probe = dir.join("probe.dat");
+        let (wm, rm, (a, b)) = on_executor(move || {
+            Box::pin(async move {
+                coremq::store::dma::prime_iopoll_probe(&probe)
+                    .await
+                    .expect("probe");
+                let wm = raw_write(path.clone(), total, 1 << 20, 4).await;
+                let rm = raw_read(path.clone(), total, 1 << 20).await;
+                let fs = raw_fsync(path.with_extension("sync"), 300).await;
+                let _ = std::fs::remove_file(&path);
+                let _ = std::fs::remove_file(path.with_extension("sync"));
+                (wm, rm, fs)
+            })
+        });
+        w.push(wm);
+        r.push(rm);
+        p50.push(a);
+        p99.push(b);
+    }
+    Raw {
+        write_mbps: median(w),
+        read_mbps: median(r),
+        fsync_p50_us: median(p50),
+        fsync_p99_us: median(p99),
+    }
+}
+
+
+/// Loopback TCP: bandwidth (MB/s, 256 KiB writes for `secs`) and the p50/p99 round trip of a
+/// 64-byte ping-pong between two threads (µs).
+pub fn loopback(secs: f64) -> (f64, f64, f64) {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind loopback");
+    let addr = l.local_addr().expect("addr");
+    let sink = std::thread::spawn(move || {
+        let (mut s, _) = l.accept().expect("accept");
+        let mut buf = vec![0u8; 256 << 10];
+        let mut total = 0u64;
+        while let Ok(n) = s.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            total += n as u64;
+        }
+        total
+    });
+    let mut c = std::net::TcpStream::connect(addr).expect("connect loopback");
+    let buf = vec![7u8; 256 << 10];
+    let t = Instant::now();
+    while t.elapsed().as_secs_f64() < secs {
+        c.write_all(&buf).expect("write loopback");
+    }
+    drop(c);
+    let total = sink.join().expect("sink");
+    let mbps = total as f64 / t.elapsed().as_secs_f64() / 1e6;
+
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind loopback");
+    let addr = l.local_addr().expect("addr");
+    let echo = std::thread::spawn(move || {
+        let (mut s, _) = l.accept().expect("accept");
+        let _ = s.set_nodelay(true);
+        let mut b = [0u8; 64];
+        while s.read_exact(&mut b).is_ok() {
+            if s.write_all(&b).is_err() {
+                break;
+            }
+        }
+    });
+    let mut c = std::net::TcpStream::connect(addr).expect("connect loopback");
+    let _ = c.set_nodelay(true);
+    let mut h = new_hist();
+    let mut b = [1u8; 64];
+    let t = Instant::now();
+    while t.elapsed() < Duration::from_secs_f64(secs) {
+        let s = Instant::now();
+        c.write_all(&b).expect("ping");
+        c.read_exact(&mut b).expect("pong");
+        h.record(s.elapsed().as_nanos() as u64).ok();
+    }
+    drop(c);
+    let _ = echo.join();
+    (
+        mbps,
+        h.value_at_quantile(0.5) as f64 / 1e3,
+        h.value_at_quantile(0.99) as f64 / 1e3,
+    )
+}
+
+/// Disk limits of `dir` (see [`raw_limits`]), median of `reps`.
+pub fn disk(dir: &Path, reps: usize) -> Raw {
+    std::fs::create_dir_all(dir).expect("bench dir");
+    raw_limits(dir, reps)
+}
+
+/// CPU time (user + system) this process used so far.
+pub fn cpu_time() -> Duration {
+    // SAFETY: getrusage only writes the struct we pass.
+    let mut u: libc::rusage = unsafe { std::mem::zeroed() };
+    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut u) };
+    let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
+    tv(u.ru_utime) + tv(u.ru_stime)
+}
+
+/// Where the path lives, for reports.
+pub fn describe(dir: &Path) -> PathBuf {
+    std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf())
+}
