@@ -152,7 +152,6 @@ pub fn raw_limits(dir: &Path, reps: usize) -> Raw {
     }
 }
 
-
 /// Loopback TCP: bandwidth (MB/s, 256 KiB writes for `secs`) and the p50/p99 round trip of a
 /// 64-byte ping-pong between two threads (µs).
 pub fn loopback(secs: f64) -> (f64, f64, f64) {
@@ -215,6 +214,8 @@ pub fn loopback(secs: f64) -> (f64, f64, f64) {
 /// Disk limits of `dir` (see [`raw_limits`]), median of `reps`.
 pub fn disk(dir: &Path, reps: usize) -> Raw {
     std::fs::create_dir_all(dir).expect("bench dir");
+    // glommio's first DMA file must hold data (see `store::dma::prime_iopoll_probe`).
+    std::fs::write(dir.join("probe.dat"), vec![1u8; 4096]).expect("probe file");
     raw_limits(dir, reps)
 }
 

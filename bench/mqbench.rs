@@ -75,8 +75,17 @@ enum Cmd {
         #[arg(long)]
         json: Option<PathBuf>,
     },
+    /// Creates `count` topics `<topic>_<i>` with --queues queues on every broker.
+    Topics {
+        #[command(flatten)]
+        target: Target,
+        #[arg(long, default_value_t = 1000)]
+        count: usize,
+    },
     /// Runs the runner's matrix against one name server; JSON lines to --json.
     Matrix(MatrixArgs),
+    /// Checks a run's JSON lines (bench/run.sh) against the targets; prints markdown.
+    Verdict { results: PathBuf },
     /// Turns matrix JSON lines into a markdown table (two files: side by side, with ratios).
     Report {
         results: PathBuf,
@@ -131,6 +140,10 @@ struct ProducerArgs {
     inflight: usize,
     #[arg(short = 'm', long, value_enum, default_value_t = Mode::Sync)]
     mode: Mode,
+    /// Spread sends over this many topics `<topic>_<i>` (made with `mqbench topics`);
+    /// 1 = the topic itself.
+    #[arg(long, default_value_t = 1)]
+    topics: usize,
     /// Messages per SEND_BATCH_MESSAGE (1 = single sends).
     #[arg(short = 'b', long, default_value_t = 1)]
     batch: usize,
@@ -173,7 +186,7 @@ struct ConsumerArgs {
 struct CatchupArgs {
     #[command(flatten)]
     target: Target,
-    /// Backlog to write and read back, GiB.
+    /// Backlog to write, GiB, before reading the topic back from the start (0: only read).
     #[arg(long, default_value_t = 1.0)]
     gib: f64,
     #[arg(short = 's', long, default_value_t = 4096)]
@@ -213,6 +226,8 @@ fn main() {
         Cmd::Catchup(a) => run_catchup(&a),
         Cmd::Responder { port } => responder(port),
         Cmd::Limits { dir, secs, json } => run_limits(&dir, secs, json.as_ref()),
+        Cmd::Topics { target, count } => create_topics(&target, count),
+        Cmd::Verdict { results } => verdict(&results),
         Cmd::Matrix(a) => run_matrix(&a),
         Cmd::Report {
             results,
@@ -338,7 +353,96 @@ fn create_topic(t: &Target) -> Result<(), String> {
         }
         std::thread::sleep(Duration::from_millis(100));
     }
-    Err(format!("the route of {} never showed the new queues", t.topic))
+    Err(format!(
+        "the route of {} never showed the new queues",
+        t.topic
+    ))
+}
+
+fn topic_names(topic: &str, n: usize) -> Vec<String> {
+    if n <= 1 {
+        vec![topic.to_string()]
+    } else {
+        (0..n).map(|i| format!("{topic}_{i}")).collect()
+    }
+}
+
+/// Creates `<topic>_<i>` for i < count on every broker, over 4 connections per broker.
+fn create_topics(t: &Target, count: usize) -> i32 {
+    let brokers = match cluster_brokers(&t.ns()) {
+        Ok(b) if !b.is_empty() => b,
+        Ok(_) => {
+            eprintln!("mqbench: no broker registered with {}", t.ns());
+            return 2;
+        }
+        Err(e) => {
+            eprintln!("mqbench: {e}");
+            return 2;
+        }
+    };
+    let started = Instant::now();
+    let names = Arc::new(topic_names(&t.topic, count.max(2)));
+    let mut hs = Vec::new();
+    for (_, addr) in brokers {
+        for k in 0..4 {
+            let (names, addr, q) = (names.clone(), addr.clone(), t.queues);
+            hs.push(std::thread::spawn(move || -> Result<(), String> {
+                let mut s = TcpStream::connect(&addr).map_err(|e| e.to_string())?;
+                let mut rb = BytesMut::new();
+                let mut chunk = vec![0u8; 64 << 10];
+                for (i, name) in names.iter().enumerate().skip(k).step_by(4) {
+                    let mut c = RemotingCommand::request(
+                        request::UPDATE_AND_CREATE_TOPIC,
+                        HeaderCodec::Json,
+                    );
+                    let n = q.to_string();
+                    for (key, v) in [
+                        ("topic", name.as_str()),
+                        ("defaultTopic", "TBW102"),
+                        ("readQueueNums", &n),
+                        ("writeQueueNums", &n),
+                        ("perm", "6"),
+                        ("topicFilterType", "SINGLE_TAG"),
+                        ("order", "false"),
+                    ] {
+                        c.set_ext(key, v);
+                    }
+                    c.opaque = i as i32 + 1;
+                    let mut wb = BytesMut::new();
+                    frame::encode(&c, &mut wb);
+                    s.write_all(&wb).map_err(|e| e.to_string())?;
+                    let r = loop {
+                        if let Some(r) = frame::decode(&mut rb).map_err(|e| e.to_string())? {
+                            break r;
+                        }
+                        let n = s.read(&mut chunk).map_err(|e| e.to_string())?;
+                        if n == 0 {
+                            return Err("closed".into());
+                        }
+                        rb.extend_from_slice(&chunk[..n]);
+                    };
+                    if r.code != response::SUCCESS {
+                        return Err(format!("create {name}: {:?}", r.remark));
+                    }
+                }
+                Ok(())
+            }));
+        }
+    }
+    let mut failed = false;
+    for h in hs {
+        if let Ok(Err(e)) | Err(e) = h.join().map_err(|_| "panic".to_string()) {
+            eprintln!("mqbench topics: {e}");
+            failed = true;
+        }
+    }
+    println!(
+        "created {} topics x {} queues in {:.1} s",
+        names.len(),
+        t.queues,
+        started.elapsed().as_secs_f64()
+    );
+    i32::from(failed)
 }
 
 /// (broker address, queue id) of every writable queue of the topic.
@@ -611,7 +715,12 @@ fn run_producer(a: &ProducerArgs, e2e: Option<&Arc<Live>>) -> Summary {
             std::process::exit(2);
         }
     }
-    let queues = match queues_of(&a.target) {
+    // With --topics, every `<topic>_<i>` is laid out like the first.
+    let lookup = Target {
+        topic: topic_names(&a.target.topic, a.topics)[0].clone(),
+        ..a.target.clone()
+    };
+    let queues = match queues_of(&lookup) {
         Ok(q) if !q.is_empty() => q,
         Ok(_) => {
             eprintln!("mqbench: {} has no writable queue", a.target.topic);
@@ -645,15 +754,36 @@ fn run_producer(a: &ProducerArgs, e2e: Option<&Arc<Live>>) -> Summary {
             .filter(|(x, _)| *x == addr)
             .map(|(_, q)| *q)
             .collect();
-        let templates: Vec<Template> = mine
+        let names = topic_names(&a.target.topic, a.topics);
+        // Each connection takes its share of the topics (all of them if there are fewer
+        // topics than connections), each with every queue.
+        let share: Vec<&String> = names
             .iter()
-            .map(|q| template(&a.target.topic, *q, a.size, a.batch, a.mode == Mode::Oneway))
+            .enumerate()
+            .filter(|(i, _)| names.len() < a.connections || i % a.connections == c)
+            .map(|(_, n)| n)
+            .collect();
+        let templates: Vec<Template> = share
+            .iter()
+            .flat_map(|t| {
+                mine.iter()
+                    .map(|q| template(t, *q, a.size, a.batch, a.mode == Mode::Oneway))
+                    .collect::<Vec<_>>()
+            })
             .collect();
         let (live, measuring, stop) = (live.clone(), measuring.clone(), stop.clone());
         let oneway = a.mode == Mode::Oneway;
         handles.push(std::thread::spawn(move || {
             connection_loop(
-                &addr, c, templates, window, oneway, per_conn_rate, &live, &measuring, &stop,
+                &addr,
+                c,
+                templates,
+                window,
+                oneway,
+                per_conn_rate,
+                &live,
+                &measuring,
+                &stop,
             )
         }));
     }
@@ -691,7 +821,11 @@ fn run_producer(a: &ProducerArgs, e2e: Option<&Arc<Live>>) -> Summary {
                 let got = e.msgs.swap(0, Ordering::AcqRel);
                 line += &format!(
                     " | Consume TPS: {got} | E2E Avg(ms): {:.3} Max(ms): {:.3}",
-                    if n > 0 { s as f64 / n as f64 / 1e6 } else { 0.0 },
+                    if n > 0 {
+                        s as f64 / n as f64 / 1e6
+                    } else {
+                        0.0
+                    },
                     m as f64 / 1e6
                 );
             }
@@ -831,7 +965,14 @@ fn connection_loop(
             let ti = next_q % templates.len();
             next_q += 1;
             let born_ms = now_us() / 1000;
-            stamp(&templates[ti], &mut wbuf, opaque, &mut uniq, born_ms, now_us());
+            stamp(
+                &templates[ti],
+                &mut wbuf,
+                opaque,
+                &mut uniq,
+                born_ms,
+                now_us(),
+            );
             if oneway {
                 sent.push((due, ti));
             } else {
@@ -906,7 +1047,13 @@ fn connection_loop(
                 },
             };
             if let Some((due, ti)) = pending.remove(&op) {
-                record(&mut res, &templates[ti], due, code == response::SUCCESS, code);
+                record(
+                    &mut res,
+                    &templates[ti],
+                    due,
+                    code == response::SUCCESS,
+                    code,
+                );
             }
         }
     }
@@ -948,7 +1095,10 @@ fn print_summary(s: &Summary) {
 
 fn report_producer(a: &ProducerArgs, s: &Summary) -> i32 {
     print_summary(s);
-    append_json(a.json.as_ref(), &serde_json::to_value(s).unwrap_or_default());
+    append_json(
+        a.json.as_ref(),
+        &serde_json::to_value(s).unwrap_or_default(),
+    );
     i32::from(s.messages == 0)
 }
 
@@ -1117,7 +1267,9 @@ fn start_consumers(
             let (addr, topic, group) = (addr.clone(), t.topic.clone(), group.to_string());
             let (live, measuring, stop) = (live.clone(), measuring.clone(), stop.clone());
             hs.push(std::thread::spawn(move || {
-                pull_loop(&addr, &topic, &group, &mine, from_start, &live, &measuring, &stop)
+                pull_loop(
+                    &addr, &topic, &group, &mine, from_start, &live, &measuring, &stop,
+                )
             }));
         }
     }
@@ -1156,7 +1308,11 @@ fn run_consumer_cmd(a: &ConsumerArgs) -> i32 {
         let m = live.rt_max_ns.swap(0, Ordering::AcqRel);
         println!(
             "[{sec:>4}s] Consume TPS: {n:>8} | E2E Avg(ms): {:.3} | E2E Max(ms): {:.3}",
-            if k > 0 { s as f64 / k as f64 / 1e6 } else { 0.0 },
+            if k > 0 {
+                s as f64 / k as f64 / 1e6
+            } else {
+                0.0
+            },
             m as f64 / 1e6
         );
     }
@@ -1223,79 +1379,41 @@ fn run_catchup(a: &CatchupArgs) -> i32 {
         }
     }
     let total = (a.gib * (1u64 << 30) as f64) as u64;
-    let per = a.size.max(8) as u64 * 32;
-    let n_batches = total / per;
-    println!(
-        "writing a backlog of {:.2} GiB ({} batches of 32 x {} B)...",
-        a.gib, n_batches, a.size
-    );
-    // Producer at full speed until the backlog is written.
-    let pa = ProducerArgs {
-        target: Target {
-            create: false,
-            ..a.target.clone()
-        },
-        size: a.size,
-        connections: 4,
-        inflight: 8,
-        mode: Mode::Async,
-        batch: 32,
-        rate: 0,
-        duration: 1e9,
-        warmup: 0.0,
-        json: None,
-        label: String::new(),
-        quiet: true,
-    };
-    let qs = queues_of(&pa.target).unwrap_or_default();
-    let before: i64 = qs.iter().map(|(addr, q)| max_offset(addr, &a.target.topic, *q)).sum();
-    let t = Instant::now();
-    let stop = Arc::new(AtomicBool::new(false));
-    let (live, measuring) = (Arc::new(Live::default()), Arc::new(AtomicBool::new(true)));
-    let mut hs = Vec::new();
-    for c in 0..pa.connections {
-        let (addr, _) = qs[c % qs.len()].clone();
-        let mine: Vec<u32> = qs.iter().filter(|(x, _)| *x == addr).map(|(_, q)| *q).collect();
-        let templates: Vec<Template> = mine
-            .iter()
-            .map(|q| template(&a.target.topic, *q, a.size, 32, false))
-            .collect();
-        let (live, measuring, stop) = (live.clone(), measuring.clone(), stop.clone());
-        hs.push(std::thread::spawn(move || {
-            connection_loop(&addr, c, templates, 8, false, None, &live, &measuring, &stop)
-        }));
+    let qs = queues_of(&a.target).unwrap_or_default();
+    if qs.is_empty() {
+        eprintln!("mqbench: no queues of {}", a.target.topic);
+        return 2;
     }
-    let mut last = Instant::now();
-    loop {
-        std::thread::sleep(Duration::from_millis(100));
-        let done = live.bytes.load(Ordering::Acquire);
-        if last.elapsed() >= Duration::from_secs(2) {
-            println!("  {:.2} GiB written", done as f64 / (1u64 << 30) as f64);
-            last = Instant::now();
-        }
-        if done >= total {
-            break;
-        }
+    let before: i64 = qs
+        .iter()
+        .map(|(addr, q)| max_offset(addr, &a.target.topic, *q))
+        .sum();
+    let measuring = Arc::new(AtomicBool::new(true));
+    if total > 0 {
+        write_backlog(a, total, &qs, &measuring);
     }
-    stop.store(true, Ordering::Release);
-    for h in hs {
-        let _ = h.join();
-    }
-    let wrote = live.bytes.load(Ordering::Acquire);
-    println!(
-        "backlog written: {:.2} GiB in {:.1} s ({:.0} MB/s)",
-        wrote as f64 / (1u64 << 30) as f64,
-        t.elapsed().as_secs_f64(),
-        wrote as f64 / t.elapsed().as_secs_f64() / 1e6
-    );
-    let after: i64 = qs.iter().map(|(addr, q)| max_offset(addr, &a.target.topic, *q)).sum();
+    let after: i64 = qs
+        .iter()
+        .map(|(addr, q)| max_offset(addr, &a.target.topic, *q))
+        .sum();
     let want = (after - before).max(0) as u64;
     // Read everything from the start of the backlog (older data is read too: it is colder).
     let live = Arc::new(Live::default());
     let stop = Arc::new(AtomicBool::new(false));
     let t = Instant::now();
-    let hs = start_consumers(&a.target, "benchmark_catchup", true, &live, &measuring, &stop);
-    let target = after.max(0) as u64;
+    let hs = start_consumers(
+        &a.target,
+        "benchmark_catchup",
+        true,
+        &live,
+        &measuring,
+        &stop,
+    );
+    let min: i64 = qs
+        .iter()
+        .map(|(addr, q)| offset_of(request::GET_MIN_OFFSET, addr, &a.target.topic, *q))
+        .sum();
+    let target = (after - min).max(0) as u64;
     while live.msgs.load(Ordering::Acquire) < target {
         std::thread::sleep(Duration::from_millis(50));
         if t.elapsed() > Duration::from_secs(600) {
@@ -1321,8 +1439,69 @@ fn run_catchup(a: &CatchupArgs) -> i32 {
     0
 }
 
+/// Writes `total` bytes of 32-message batches to the topic at full speed.
+fn write_backlog(a: &CatchupArgs, total: u64, qs: &[(String, u32)], measuring: &Arc<AtomicBool>) {
+    let per = a.size.max(8) as u64 * 32;
+    let n_batches = total / per;
+    println!(
+        "writing a backlog of {:.2} GiB ({} batches of 32 x {} B)...",
+        a.gib, n_batches, a.size
+    );
+    // Four connections x 8 batches in flight, at full speed, until the backlog is written.
+    let conns = 4;
+    let t = Instant::now();
+    let stop = Arc::new(AtomicBool::new(false));
+    let live = Arc::new(Live::default());
+    let mut hs = Vec::new();
+    for c in 0..conns {
+        let (addr, _) = qs[c % qs.len()].clone();
+        let mine: Vec<u32> = qs
+            .iter()
+            .filter(|(x, _)| *x == addr)
+            .map(|(_, q)| *q)
+            .collect();
+        let templates: Vec<Template> = mine
+            .iter()
+            .map(|q| template(&a.target.topic, *q, a.size, 32, false))
+            .collect();
+        let (live, measuring, stop) = (live.clone(), measuring.clone(), stop.clone());
+        hs.push(std::thread::spawn(move || {
+            connection_loop(
+                &addr, c, templates, 8, false, None, &live, &measuring, &stop,
+            )
+        }));
+    }
+    let mut last = Instant::now();
+    loop {
+        std::thread::sleep(Duration::from_millis(100));
+        let done = live.bytes.load(Ordering::Acquire);
+        if last.elapsed() >= Duration::from_secs(2) {
+            println!("  {:.2} GiB written", done as f64 / (1u64 << 30) as f64);
+            last = Instant::now();
+        }
+        if done >= total {
+            break;
+        }
+    }
+    stop.store(true, Ordering::Release);
+    for h in hs {
+        let _ = h.join();
+    }
+    let wrote = live.bytes.load(Ordering::Acquire);
+    println!(
+        "backlog written: {:.2} GiB in {:.1} s ({:.0} MB/s)",
+        wrote as f64 / (1u64 << 30) as f64,
+        t.elapsed().as_secs_f64(),
+        wrote as f64 / t.elapsed().as_secs_f64() / 1e6
+    );
+}
+
 fn max_offset(addr: &str, topic: &str, q: u32) -> i64 {
-    let mut c = RemotingCommand::request(request::GET_MAX_OFFSET, HeaderCodec::Json);
+    offset_of(request::GET_MAX_OFFSET, addr, topic, q)
+}
+
+fn offset_of(code: i32, addr: &str, topic: &str, q: u32) -> i64 {
+    let mut c = RemotingCommand::request(code, HeaderCodec::Json);
     c.set_ext("topic", topic);
     c.set_ext("queueId", q);
     call(addr, c)
@@ -1404,7 +1583,9 @@ fn respond(mut s: TcpStream) {
 
 fn run_limits(dir: &PathBuf, secs: f64, json: Option<&PathBuf>) -> i32 {
     let (lo_mbps, rtt50, rtt99) = limits::loopback(secs);
-    println!("loopback TCP: {lo_mbps:.0} MB/s; 64 B round trip p50 {rtt50:.1} us, p99 {rtt99:.1} us");
+    println!(
+        "loopback TCP: {lo_mbps:.0} MB/s; 64 B round trip p50 {rtt50:.1} us, p99 {rtt99:.1} us"
+    );
     let raw = limits::disk(dir, 1);
     println!(
         "disk {}: O_DIRECT write {:.0} MB/s, read {:.0} MB/s; fdatasync p50 {:.0} us, p99 {:.0} us",
@@ -1466,6 +1647,7 @@ fn run_matrix(a: &MatrixArgs) -> i32 {
                 batch,
                 rate,
                 duration: a.duration,
+                topics: 1,
                 warmup: a.warmup,
                 json: None,
                 label: a.label.clone(),
@@ -1475,7 +1657,11 @@ fn run_matrix(a: &MatrixArgs) -> i32 {
             print_summary(&s);
             runs.push(s);
         }
-        runs.sort_by(|x, y| x.tps.partial_cmp(&y.tps).unwrap_or(std::cmp::Ordering::Equal));
+        runs.sort_by(|x, y| {
+            x.tps
+                .partial_cmp(&y.tps)
+                .unwrap_or(std::cmp::Ordering::Equal)
+        });
         let med = runs[runs.len() / 2].clone();
         let mut v = serde_json::to_value(&med).unwrap_or_default();
         v["cell"] = json!(name);
@@ -1522,7 +1708,11 @@ fn report(results: &PathBuf, other: Option<&PathBuf>, name: &str, other_name: &s
                     v["cell"].as_str().unwrap_or(""),
                     f("tps"),
                     g("tps"),
-                    if g("tps") > 0.0 { f("tps") / g("tps") } else { 0.0 },
+                    if g("tps") > 0.0 {
+                        f("tps") / g("tps")
+                    } else {
+                        0.0
+                    },
                     f("p99_us"),
                     g("p99_us")
                 );
@@ -1548,6 +1738,151 @@ fn report(results: &PathBuf, other: Option<&PathBuf>, name: &str, other_name: &s
                 v["failed"].as_u64().unwrap_or(0)
             ),
         }
+    }
+    0
+}
+
+/// The targets of the benchmark issue, each checked against figures of the same run.
+fn verdict(results: &PathBuf) -> i32 {
+    let rows = read_lines(results);
+    let get = |pred: &dyn Fn(&serde_json::Value) -> bool| rows.iter().find(|v| pred(v));
+    let cell = |label: &str, name: &str| get(&|v| v["label"] == label && v["cell"] == name);
+    let labeled = |label: &str| get(&|v| v["label"] == label);
+    let f = |v: Option<&serde_json::Value>, k: &str| v.and_then(|v| v[k].as_f64());
+    let limits = get(&|v| v["kind"] == "limits");
+    let mut out: Vec<(String, String, Option<bool>)> = Vec::new();
+    let mut check = |name: &str, figures: String, ok: Option<bool>| {
+        out.push((name.to_string(), figures, ok));
+    };
+    // 1 KiB, 64 connections x 1: >= 50 % of the client's ceiling; p99 <= 2 ms.
+    let (b, c) = (
+        cell("ASYNC_FLUSH", "1KiB-64conn"),
+        cell("responder", "1KiB-64conn"),
+    );
+    if let (Some(t), Some(ceil), Some(p99)) = (f(b, "tps"), f(c, "tps"), f(b, "p99_us")) {
+        check(
+            "1 KiB, 64 conn x 1: >= 50 % of the client ceiling, p99 <= 2 ms",
+            format!(
+                "{t:.0} of {ceil:.0} msg/s = {:.0} %, p99 {:.2} ms",
+                100.0 * t / ceil,
+                p99 / 1e3
+            ),
+            Some(t >= 0.5 * ceil && p99 <= 2000.0),
+        );
+    }
+    let b = cell("ASYNC_FLUSH", "1KiB-8conn-x16");
+    if let (Some(t), Some(p99)) = (f(b, "tps"), f(b, "p99_us")) {
+        check(
+            "1 KiB, 8 conn x 16 in flight: >= 200,000 msg/s, p99 <= 2 ms",
+            format!("{t:.0} msg/s, p99 {:.2} ms", p99 / 1e3),
+            Some(t >= 200_000.0 && p99 <= 2000.0),
+        );
+    }
+    let b = cell("ASYNC_FLUSH", "1KiB-batch32-4conn-x4");
+    if let (Some(m), Some(d)) = (f(b, "mbps"), f(limits, "disk_write_mbps")) {
+        check(
+            "batches of 32 x 1 KiB, ASYNC_FLUSH: >= 50 % of disk write",
+            format!("{m:.0} of {d:.0} MB/s = {:.0} %", 100.0 * m / d),
+            Some(m >= 0.5 * d),
+        );
+    }
+    let b = cell("ASYNC_FLUSH", "1KiB-1conn");
+    if let (Some(p50), Some(p99)) = (f(b, "p50_us"), f(b, "p99_us")) {
+        check(
+            "1 KiB sync sends, 1 conn, ASYNC_FLUSH: p50 <= 150 us, p99 <= 400 us",
+            format!("p50 {p50:.0} us, p99 {p99:.0} us"),
+            Some(p50 <= 150.0 && p99 <= 400.0),
+        );
+    }
+    let b = cell("SYNC_FLUSH", "1KiB-1conn");
+    if let (Some(p99), Some(fs)) = (f(b, "p99_us"), f(limits, "fsync_p99_us")) {
+        check(
+            "1 KiB sync sends, 1 conn, SYNC_FLUSH: p99 <= fdatasync p99 + 300 us",
+            format!("p99 {p99:.0} us, fdatasync p99 {fs:.0} us"),
+            Some(p99 <= fs + 300.0),
+        );
+    }
+    let (s, a) = (
+        cell("SYNC_FLUSH", "1KiB-64conn"),
+        cell("ASYNC_FLUSH", "1KiB-64conn"),
+    );
+    if let (Some(st), Some(at)) = (f(s, "tps"), f(a, "tps")) {
+        check(
+            "SYNC_FLUSH, 64 conn: >= 50 % of ASYNC_FLUSH",
+            format!("{st:.0} of {at:.0} msg/s = {:.0} %", 100.0 * st / at),
+            Some(st >= 0.5 * at),
+        );
+    }
+    let e = get(&|v| v["kind"] == "e2e");
+    if let Some(p99) = e.and_then(|e| e["e2e"]["p99_us"].as_f64()) {
+        let tps = f(e, "tps").unwrap_or(0.0);
+        check(
+            "end to end at 10,000 msg/s: p99 <= 1 ms",
+            format!("{tps:.0} msg/s, e2e p99 {:.2} ms", p99 / 1e3),
+            Some(p99 <= 1000.0),
+        );
+    }
+    for (quiet, trouble, what) in [
+        (
+            "trouble:quiet",
+            "trouble:delete",
+            "(a) while expired files are deleted",
+        ),
+        (
+            "trouble:quiet",
+            "trouble:catchup",
+            "(b) while a consumer catches up a cold backlog",
+        ),
+        (
+            "trouble:restart",
+            "trouble:recover",
+            "(c) right after SIGKILL and restart (vs clean restart)",
+        ),
+    ] {
+        if let (Some(q), Some(t)) = (f(labeled(quiet), "p999_us"), f(labeled(trouble), "p999_us")) {
+            check(
+                &format!("p99.9 {what} <= 2 x quiet"),
+                format!("{t:.0} us vs {q:.0} us = {:.1} x", t / q),
+                Some(t <= 2.0 * q),
+            );
+        }
+    }
+    if let Some(rss) = get(&|v| v["kind"] == "rss").and_then(|v| v["rss_kb"].as_f64()) {
+        check(
+            "RSS with 10,000 topics x 8 queues idle <= 1 GiB",
+            format!("{:.0} MiB", rss / 1024.0),
+            Some(rss <= 1024.0 * 1024.0),
+        );
+    }
+    if let (Some(many), Some(one)) = (
+        f(labeled("topics:1000"), "tps"),
+        f(labeled("topics:1"), "tps"),
+    ) {
+        check(
+            "1,000 active topics within 20 % of one topic",
+            format!("{many:.0} vs {one:.0} msg/s = {:.0} %", 100.0 * many / one),
+            Some(many >= 0.8 * one),
+        );
+    }
+    let worst_cpu = rows
+        .iter()
+        .filter(|v| v["label"] == "ASYNC_FLUSH")
+        .filter_map(|v| v["client_cpu"].as_f64())
+        .fold(0.0, f64::max);
+    check(
+        "the bench client's own CPU (most in any ASYNC_FLUSH cell)",
+        format!("{worst_cpu:.2} cores"),
+        None,
+    );
+    println!("| target | figures (same run) | met |");
+    println!("| --- | --- | --- |");
+    for (name, figures, ok) in out {
+        let m = match ok {
+            Some(true) => "yes",
+            Some(false) => "**no**",
+            None => "–",
+        };
+        println!("| {name} | {figures} | {m} |");
     }
     0
 }

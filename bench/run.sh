@@ -1,0 +1,185 @@
+#!/usr/bin/env bash
+# The benchmark runner: builds release, measures the host's limits and the client's ceiling
+# (a do-nothing responder), starts a name server and a broker per flush mode, runs the
+# matrix (128 B, 1 KiB, 4 KiB; 1 and 64 connections; pipelined; batches), end-to-end
+# latency, many topics, and the trouble cases, then writes a markdown report with the
+# targets checked, to bench/results/run-<UTC time>.md (raw JSON lines beside it).
+#
+#   bench/run.sh [--secs 5] [--reps 1] [--dir target/bench-run] [--quick]
+#                [--other NAMESRV --other-name NAME]   # the same matrix against another broker
+#
+# Everything runs on 127.0.0.1. The machine is shared: use --reps 3 (the median run of each
+# cell is kept) for figures worth quoting.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+SECS=5 REPS=1 DIR=target/bench-run QUICK=0 OTHER="" OTHER_NAME=other
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --secs) SECS=$2; shift 2 ;;
+    --reps) REPS=$2; shift 2 ;;
+    --dir) DIR=$2; shift 2 ;;
+    --quick) QUICK=1; shift ;;
+    --other) OTHER=$2; shift 2 ;;
+    --other-name) OTHER_NAME=$2; shift 2 ;;
+    *) echo "unknown option $1" >&2; exit 2 ;;
+  esac
+done
+
+cargo build --release --locked --bins >&2
+BIN="$PWD/target/release"
+STAMP=$(date -u +%Y%m%dT%H%M%SZ)
+mkdir -p bench/results "$DIR"
+OUT="$PWD/bench/results/run-$STAMP.jsonl"
+MD="$PWD/bench/results/run-$STAMP.md"
+: >"$OUT"
+PIDS=()
+cleanup() { for p in "${PIDS[@]:-}"; do kill "$p" 2>/dev/null || true; done; }
+trap cleanup EXIT
+
+log() { echo "== $*" >&2; }
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+wait_port() {
+  for _ in $(seq 1 300); do
+    (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
+    sleep 0.1
+  done
+  echo "nothing listens on $1" >&2; return 1
+}
+MQB() { "$BIN/mqbench" "$@"; }
+
+NS_PORT=$(free_port)
+"$BIN/mqnamesrv" --listen-port "$NS_PORT" --log-dir "$DIR/logs" >"$DIR/namesrv.out" 2>&1 &
+PIDS+=($!)
+wait_port "$NS_PORT"
+NS="127.0.0.1:$NS_PORT"
+
+BROKER_PID="" BROKER_PORT=""
+# start_broker STORE_DIR key=value...
+start_broker() {
+  local store=$1; shift
+  BROKER_PORT=$(free_port)
+  local props=(-p brokerIP1=127.0.0.1 -p "listenPort=$BROKER_PORT" -p "storePathRootDir=$store")
+  for kv in "$@"; do props+=(-p "$kv"); done
+  "$BIN/mqbroker" -n "$NS" "${props[@]}" --log-dir "$DIR/logs" >>"$DIR/broker.out" 2>&1 &
+  BROKER_PID=$!
+  PIDS+=("$BROKER_PID")
+  wait_port "$BROKER_PORT"
+}
+stop_broker() {  # clean stop (SIGTERM) and wait
+  kill "$BROKER_PID" 2>/dev/null || true
+  while kill -0 "$BROKER_PID" 2>/dev/null; do sleep 0.1; done
+}
+
+log "host limits"
+MQB limits --dir "$DIR/limits" --json "$OUT"
+
+ONLY=()
+[ "$QUICK" = 1 ] && ONLY=(--only 1KiB)
+
+log "client ceiling: the do-nothing responder"
+RESP_PORT=$(free_port)
+MQB responder --port "$RESP_PORT" >/dev/null &
+PIDS+=($!)
+wait_port "$RESP_PORT"
+MQB matrix --addr "127.0.0.1:$RESP_PORT" --queues 8 -d "$SECS" --reps "$REPS" \
+  --label responder --json "$OUT" "${ONLY[@]}"
+
+for FLUSH in ASYNC_FLUSH SYNC_FLUSH; do
+  log "broker, $FLUSH"
+  rm -rf "$DIR/store-$FLUSH"
+  start_broker "$DIR/store-$FLUSH" "flushDiskType=$FLUSH"
+  MQB matrix -n "$NS" -t BenchmarkTest --queues 8 --create -d "$SECS" --reps "$REPS" \
+    --label "$FLUSH" --json "$OUT" "${ONLY[@]}"
+  if [ "$FLUSH" = ASYNC_FLUSH ]; then
+    log "end to end at 10,000 msg/s"
+    MQB e2e -n "$NS" -t E2E --queues 8 --create -s 1024 -c 4 -m async -i 8 -r 10000 \
+      -d "$SECS" -w 1 --quiet --label ASYNC_FLUSH --json "$OUT"
+    log "catch-up of a cold backlog"
+    MQB catchup -n "$NS" -t Backlog --queues 8 --create --gib 1 --json "$OUT"
+    log "many topics: 10,000 x 8 idle, then 1,000 active vs 1"
+    MQB topics -n "$NS" -t Many --count 10000 --queues 8
+    sleep 2
+    RSS=$(awk '/VmRSS/ {print $2}' "/proc/$BROKER_PID/status")
+    echo "{\"kind\":\"rss\",\"topics\":10000,\"queues\":8,\"rss_kb\":$RSS}" >>"$OUT"
+    for T in 1000 1; do
+      # A first pass creates the queues' files; the second is measured.
+      MQB producer -n "$NS" -t Many --topics "$T" -c 8 -i 16 -m async -d 2 -w 0 --quiet >/dev/null
+      MQB producer -n "$NS" -t Many --topics "$T" -c 8 -i 16 -m async -d "$SECS" -w 1 --quiet \
+        --label "topics:$T" --json "$OUT"
+    done
+
+    # Trouble: the same open-loop load (1 KiB, 4 conn x 8, 20,000 msg/s) quiet and in trouble.
+    LOAD=(-n "$NS" -t Trouble --queues 8 -s 1024 -c 4 -m async -i 8 -r 20000 -d "$SECS" -w 1 --quiet)
+    log "trouble: quiet"
+    MQB producer "${LOAD[@]}" --create --label trouble:quiet --json "$OUT"
+    log "trouble (b): a consumer catches up the cold backlog meanwhile"
+    MQB catchup -n "$NS" -t Backlog --gib 0 >/dev/null &
+    CATCHUP=$!
+    MQB producer "${LOAD[@]}" --label trouble:catchup --json "$OUT"
+    wait "$CATCHUP" || true
+    log "trouble (c): restart after a clean stop, then after SIGKILL"
+    stop_broker
+    start_broker "$DIR/store-$FLUSH" "flushDiskType=$FLUSH"
+    MQB producer "${LOAD[@]}" --label trouble:restart --json "$OUT"
+    MQB producer -n "$NS" -t Trouble -s 1024 -c 4 -m async -i 8 -d 3 -w 0 --quiet >/dev/null &
+    LOADER=$!
+    sleep 1.5
+    kill -9 "$BROKER_PID"
+    wait "$LOADER" 2>/dev/null || true
+    sleep 0.5
+    start_broker "$DIR/store-$FLUSH" "flushDiskType=$FLUSH"
+    MQB producer "${LOAD[@]}" --label trouble:recover --json "$OUT"
+    log "trouble (a): expired files deleted (fileReservedTime=0: every segment but the active one)"
+    stop_broker
+    HOUR=$(date +%H)
+    start_broker "$DIR/store-$FLUSH" "flushDiskType=$FLUSH" "deleteWhen=$HOUR" \
+      fileReservedTime=0 cleanResourceInterval=1000
+    MQB producer "${LOAD[@]}" --label trouble:delete --json "$OUT"
+  fi
+  stop_broker
+  rm -rf "$DIR/store-$FLUSH"
+done
+
+if [ -n "$OTHER" ]; then
+  log "the same matrix against $OTHER_NAME ($OTHER)"
+  OTHER_OUT="$PWD/bench/results/run-$STAMP-$OTHER_NAME.jsonl"
+  MQB matrix -n "$OTHER" -t BenchmarkTest --queues 8 --create -d "$SECS" --reps "$REPS" \
+    --label ASYNC_FLUSH --json "$OTHER_OUT" "${ONLY[@]}"
+fi
+
+{
+  echo "# Benchmark run $STAMP"
+  echo
+  echo "\`bench/run.sh --secs $SECS --reps $REPS$([ "$QUICK" = 1 ] && echo " --quick")\` on $(nproc) cores, $(uname -r)."
+  echo "Client and broker share the host. Raw figures: \`$(basename "$OUT")\`."
+  echo
+  echo "## Limits (same run)"
+  echo
+  python3 - "$OUT" <<'PY'
+import json, sys
+for l in open(sys.argv[1]):
+    v = json.loads(l)
+    if v.get("kind") == "limits":
+        print(f"- disk: O_DIRECT write {v['disk_write_mbps']:.0f} MB/s, read {v['disk_read_mbps']:.0f} MB/s; fdatasync p50 {v['fsync_p50_us']:.0f} µs, p99 {v['fsync_p99_us']:.0f} µs")
+        print(f"- loopback TCP {v['loopback_mbps']:.0f} MB/s; 64 B round trip p50 {v['rtt_p50_us']:.0f} µs, p99 {v['rtt_p99_us']:.0f} µs")
+    if v.get("kind") == "catchup":
+        print(f"- catch-up of a cold backlog: {v['gib']:.2f} GiB read at {v['mbps']:.0f} MB/s")
+PY
+  echo
+  echo "## Targets"
+  echo
+  MQB verdict "$OUT"
+  echo
+  echo "## Matrix"
+  echo
+  MQB report "$OUT"
+  if [ -n "$OTHER" ]; then
+    echo
+    echo "## Against $OTHER_NAME"
+    echo
+    MQB report "$OUT" "$OTHER_OUT" --other-name "$OTHER_NAME"
+  fi
+} >"$MD"
+cat "$MD"
+echo "report: $MD" >&2
