@@ -103,9 +103,11 @@ for FLUSH in ASYNC_FLUSH SYNC_FLUSH; do
     RSS=$(awk '/VmRSS/ {print $2}' "/proc/$BROKER_PID/status")
     echo "{\"kind\":\"rss\",\"topics\":10000,\"queues\":8,\"rss_kb\":$RSS}" >>"$OUT"
     for T in 1000 1; do
+      SPREAD=(-t Many --topics "$T")
+      [ "$T" = 1 ] && SPREAD=(-t Many_0)
       # A first pass creates the queues' files; the second is measured.
-      MQB producer -n "$NS" -t Many --topics "$T" -c 8 -i 16 -m async -d 2 -w 0 --quiet >/dev/null
-      MQB producer -n "$NS" -t Many --topics "$T" -c 8 -i 16 -m async -d "$SECS" -w 1 --quiet \
+      MQB producer -n "$NS" "${SPREAD[@]}" -c 8 -i 16 -m async -d 2 -w 0 --quiet >/dev/null
+      MQB producer -n "$NS" "${SPREAD[@]}" -c 8 -i 16 -m async -d "$SECS" -w 1 --quiet \
         --label "topics:$T" --json "$OUT"
     done
 

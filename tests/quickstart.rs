@@ -1,4 +1,5 @@
-//! The seed's quickstart through `scripts/tools.sh`, and a consumer killed with SIGKILL.
+//! The seed's quickstart through its scripts (`scripts/mqnamesrv`, `scripts/mqbroker`,
+//! `scripts/tools.sh`), and a consumer killed with SIGKILL.
 
 mod common;
 use common::remoting::*;
@@ -49,6 +50,7 @@ fn consumed(stdout: &str) -> Vec<(u32, i64)> {
 
 #[test]
 fn quickstart_scripts_produce_and_consume_and_the_broker_records_progress() {
+    use_scripts();
     let dir = tempfile::tempdir().unwrap();
     let store = dir.path().join("store");
     let (_ns, ns_port) = start_namesrv(dir.path(), &[]);
@@ -142,6 +144,7 @@ fn quickstart_scripts_produce_and_consume_and_the_broker_records_progress() {
 /// redelivers at most what the first one consumed after its last commit, and loses nothing.
 #[test]
 fn a_consumer_killed_with_sigkill_resumes_from_the_committed_offset() {
+    use_scripts();
     let dir = tempfile::tempdir().unwrap();
     let (_ns, ns_port) = start_namesrv(dir.path(), &[]);
     let (_broker, port) = start_broker(&dir.path().join("store"), ns_port, &[]);

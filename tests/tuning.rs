@@ -32,7 +32,11 @@ exit 2
     std::fs::write(bin.join("sysctl"), sysctl).unwrap();
     std::fs::write(bin.join("id"), "#!/bin/sh\necho 0\n").unwrap();
     for f in ["sysctl", "id"] {
-        Command::new("chmod").arg("+x").arg(bin.join(f)).status().unwrap();
+        Command::new("chmod")
+            .arg("+x")
+            .arg(bin.join(f))
+            .status()
+            .unwrap();
     }
 }
 
@@ -51,8 +55,8 @@ fn run(dir: &Path, args: &[&str]) -> (i32, String) {
         .env("FAKE_SYSCTL", dir.join("vals"))
         .output()
         .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout).into_owned()
-        + &String::from_utf8_lossy(&out.stderr);
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
     (out.status.code().unwrap_or(-1), text)
 }
 
@@ -68,10 +72,17 @@ fn apply_sets_what_differs_once_and_the_revert_script_restores_it() {
     assert_eq!(code, 1, "{out}");
     assert!(out.contains("DIFF  vm.swappiness"), "{out}");
     assert!(out.contains("ok    kernel.io_uring_disabled"), "{out}");
-    assert_eq!(val(dir.path(), "vm.swappiness"), "60", "check changes nothing");
+    assert_eq!(
+        val(dir.path(), "vm.swappiness"),
+        "60",
+        "check changes nothing"
+    );
 
     let (_, dry) = run(dir.path(), &["--dry-run"]);
-    assert!(dry.contains("sysctl -w net.core.somaxconn=\"4096\""), "{dry}");
+    assert!(
+        dry.contains("sysctl -w net.core.somaxconn=\"4096\""),
+        "{dry}"
+    );
 
     let (_, out) = run(dir.path(), &["--apply"]);
     assert!(out.contains("set vm.swappiness = 1 (was 60)"), "{out}");

@@ -185,6 +185,10 @@ impl BrokerConfig {
                 "maxHashSlotNum" => self.store.index_slots = value(p, file)?,
                 "maxIndexNum" => self.store.index_max_entries = value(p, file)?,
                 "shards" => self.store.shards = value(p, file)?,
+                // CoreMQ: pin each shard's thread to its core (default true).
+                "pinShards" => self.store.pin_shards = value(p, file)?,
+                // CoreMQ: µs an idle shard polls before sleeping (see StoreConfig).
+                "shardSpinMicros" => self.store.spin_before_park_us = value(p, file)?,
                 // Derived from storePathRootDir upstream too (reference §7.1): accepted, unused.
                 "storePathConsumeQueue" | "storePathIndex" | "storeCheckpoint" | "abortFile" => {
                     log::warn!(

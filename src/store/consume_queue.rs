@@ -416,6 +416,37 @@ impl ConsumeQueue {
     }
 }
 
+/// Removes a large file a slice at a time: truncating `step` bytes per call, `pause` apart,
+/// then unlinking. Freeing a whole 1 GiB segment at once is one big filesystem transaction
+/// that stalls concurrent appends (their writes and `fdatasync` wait behind it) for
+/// hundreds of milliseconds; slices keep each stall short.
+pub async fn remove_file_gradually(
+    path: &Path,
+    step: u64,
+    pause: std::time::Duration,
+) -> Result<()> {
+    let p = path.to_path_buf();
+    let len = glommio::executor()
+        .spawn_blocking(move || std::fs::metadata(&p).map(|m| m.len()).unwrap_or(0))
+        .await;
+    let mut left = len;
+    while step > 0 && left > step {
+        left -= step;
+        let p = path.to_path_buf();
+        glommio::executor()
+            .spawn_blocking(move || {
+                std::fs::OpenOptions::new()
+                    .write(true)
+                    .open(&p)
+                    .and_then(|f| f.set_len(left))
+                    .map_err(io_err("truncating", &p))
+            })
+            .await?;
+        glommio::timer::sleep(pause).await;
+    }
+    remove_file(path).await
+}
+
 /// Unlinks a file off the executor thread.
 pub async fn remove_file(path: &Path) -> Result<()> {
     let p = path.to_path_buf();

@@ -171,7 +171,8 @@ impl Store {
             };
             let builder = glommio::LocalExecutorBuilder::new(placement)
                 .name(&format!("shard-{i}"))
-                .io_memory(cfg.io_memory);
+                .io_memory(cfg.io_memory)
+                .spin_before_park(std::time::Duration::from_micros(cfg.spin_before_park_us));
             let h = builder
                 .spawn(move || async move {
                     let shard = match ShardStore::open(id, n, cfg, shard_cp, unclean).await {

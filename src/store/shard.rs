@@ -24,7 +24,12 @@ use glommio::io::{BufferedFile, OpenOptions};
 
 use super::commitlog::{AppendItem, CommitLog};
 use super::config::{FlushDiskType, StoreConfig};
-use super::consume_queue::{remove_file, ConsumeQueue};
+use super::consume_queue::ConsumeQueue;
+
+/// Expired segments are freed this many bytes at a time, this far apart (see
+/// `remove_file_gradually`): 1 GiB goes in 64 slices over about a second.
+const DELETE_STEP_BYTES: u64 = 16 << 20;
+const DELETE_STEP_PAUSE_MS: u64 = 10;
 use super::error::{io_err, Result, StoreError};
 use super::format::{Checkpoint, CqEntry, IndexLayout, ShardCheckpoint};
 use super::index::{local_time, IndexService};
@@ -1077,7 +1082,12 @@ impl ShardStore {
                 self.id,
                 seg.path.display()
             );
-            remove_file(&seg.path).await?;
+            super::consume_queue::remove_file_gradually(
+                &seg.path,
+                DELETE_STEP_BYTES,
+                Duration::from_millis(DELETE_STEP_PAUSE_MS),
+            )
+            .await?;
             rep.segments += 1;
             glommio::timer::sleep(pause).await;
         }

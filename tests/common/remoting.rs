@@ -35,6 +35,28 @@ pub fn wait_port(port: u16) {
     }
 }
 
+static VIA_SCRIPTS: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// From now on this test binary starts servers through `scripts/mqnamesrv` and
+/// `scripts/mqbroker` (the seed's wrappers), with `COREMQ_BIN_DIR` pointing at the test build.
+pub fn use_scripts() {
+    VIA_SCRIPTS.store(true, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// The command that runs server `name` (`mqnamesrv`, `mqbroker`): the binary, or its script.
+fn server(name: &str, bin: &str) -> Command {
+    if !VIA_SCRIPTS.load(std::sync::atomic::Ordering::Relaxed) {
+        return Command::new(bin);
+    }
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut c = Command::new("bash");
+    c.arg(root.join("scripts").join(name)).env(
+        "COREMQ_BIN_DIR",
+        std::path::Path::new(bin).parent().unwrap(),
+    );
+    c
+}
+
 /// Spawns a server on free ports until one starts (a parallel test may take the same free
 /// port between our probe and the server's bind; the server then exits and we retry).
 fn spawn_on_free_port(mut cmd: impl FnMut(u16) -> Command) -> (Proc, u16) {
@@ -63,7 +85,7 @@ fn spawn_on_free_port(mut cmd: impl FnMut(u16) -> Command) -> (Proc, u16) {
 /// Starts `mqnamesrv` on a free port with logs in `log_dir`.
 pub fn start_namesrv(log_dir: &std::path::Path, extra: &[&str]) -> (Proc, u16) {
     spawn_on_free_port(|port| {
-        let mut c = Command::new(env!("CARGO_BIN_EXE_mqnamesrv"));
+        let mut c = server("mqnamesrv", env!("CARGO_BIN_EXE_mqnamesrv"));
         c.args(["--listen-port", &port.to_string(), "--log-dir"])
             .arg(log_dir)
             .args(extra)
@@ -168,7 +190,7 @@ pub fn start_broker(store: &std::path::Path, namesrv_port: u16, extra: &[&str]) 
             args.push("-p".into());
             args.push(p);
         }
-        let mut c = Command::new(env!("CARGO_BIN_EXE_mqbroker"));
+        let mut c = server("mqbroker", env!("CARGO_BIN_EXE_mqbroker"));
         c.args(&args).stdout(std::process::Stdio::null());
         c
     })
