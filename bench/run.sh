@@ -46,7 +46,7 @@ wait_port() {
   done
   echo "nothing listens on $1" >&2; return 1
 }
-MQB() { "$BIN/mqbench" "$@"; }
+MQB="$BIN/mqbench"
 
 NS_PORT=$(free_port)
 "$BIN/mqnamesrv" --listen-port "$NS_PORT" --log-dir "$DIR/logs" >"$DIR/namesrv.out" 2>&1 &
@@ -55,10 +55,10 @@ wait_port "$NS_PORT"
 NS="127.0.0.1:$NS_PORT"
 
 BROKER_PID="" BROKER_PORT=""
-# start_broker STORE_DIR key=value...
+# start_broker STORE_DIR key=value...   (a restart keeps the port: KEEP_PORT=1)
 start_broker() {
   local store=$1; shift
-  BROKER_PORT=$(free_port)
+  [ "${KEEP_PORT:-0}" = 1 ] || BROKER_PORT=$(free_port)
   local props=(-p brokerIP1=127.0.0.1 -p "listenPort=$BROKER_PORT" -p "storePathRootDir=$store")
   for kv in "$@"; do props+=(-p "$kv"); done
   "$BIN/mqbroker" -n "$NS" "${props[@]}" --log-dir "$DIR/logs" >>"$DIR/broker.out" 2>&1 &
@@ -72,33 +72,33 @@ stop_broker() {  # clean stop (SIGTERM) and wait
 }
 
 log "host limits"
-MQB limits --dir "$DIR/limits" --json "$OUT"
+"$MQB" limits --dir "$DIR/limits" --json "$OUT"
 
 ONLY=()
 [ "$QUICK" = 1 ] && ONLY=(--only 1KiB)
 
 log "client ceiling: the do-nothing responder"
 RESP_PORT=$(free_port)
-MQB responder --port "$RESP_PORT" >/dev/null &
+"$MQB" responder --port "$RESP_PORT" >/dev/null &
 PIDS+=($!)
 wait_port "$RESP_PORT"
-MQB matrix --addr "127.0.0.1:$RESP_PORT" --queues 8 -d "$SECS" --reps "$REPS" \
+"$MQB" matrix --addr "127.0.0.1:$RESP_PORT" --queues 8 -d "$SECS" --reps "$REPS" \
   --label responder --json "$OUT" "${ONLY[@]}"
 
 for FLUSH in ASYNC_FLUSH SYNC_FLUSH; do
   log "broker, $FLUSH"
   rm -rf "$DIR/store-$FLUSH"
   start_broker "$DIR/store-$FLUSH" "flushDiskType=$FLUSH"
-  MQB matrix -n "$NS" -t BenchmarkTest --queues 8 --create -d "$SECS" --reps "$REPS" \
+  "$MQB" matrix -n "$NS" -t BenchmarkTest --queues 8 --create -d "$SECS" --reps "$REPS" \
     --label "$FLUSH" --json "$OUT" "${ONLY[@]}"
   if [ "$FLUSH" = ASYNC_FLUSH ]; then
     log "end to end at 10,000 msg/s"
-    MQB e2e -n "$NS" -t E2E --queues 8 --create -s 1024 -c 4 -m async -i 8 -r 10000 \
+    "$MQB" e2e -n "$NS" -t E2E --queues 8 --create -s 1024 -c 4 -m async -i 8 -r 10000 \
       -d "$SECS" -w 1 --quiet --label ASYNC_FLUSH --json "$OUT"
     log "catch-up of a cold backlog"
-    MQB catchup -n "$NS" -t Backlog --queues 8 --create --gib 1 --json "$OUT"
+    "$MQB" catchup -n "$NS" -t Backlog --queues 8 --create --gib 1 --json "$OUT"
     log "many topics: 10,000 x 8 idle, then 1,000 active vs 1"
-    MQB topics -n "$NS" -t Many --count 10000 --queues 8
+    "$MQB" topics -n "$NS" -t Many --count 10000 --queues 8
     sleep 2
     RSS=$(awk '/VmRSS/ {print $2}' "/proc/$BROKER_PID/status")
     echo "{\"kind\":\"rss\",\"topics\":10000,\"queues\":8,\"rss_kb\":$RSS}" >>"$OUT"
@@ -106,38 +106,39 @@ for FLUSH in ASYNC_FLUSH SYNC_FLUSH; do
       SPREAD=(-t Many --topics "$T")
       [ "$T" = 1 ] && SPREAD=(-t Many_0)
       # A first pass creates the queues' files; the second is measured.
-      MQB producer -n "$NS" "${SPREAD[@]}" -c 8 -i 16 -m async -d 2 -w 0 --quiet >/dev/null
-      MQB producer -n "$NS" "${SPREAD[@]}" -c 8 -i 16 -m async -d "$SECS" -w 1 --quiet \
+      "$MQB" producer -n "$NS" "${SPREAD[@]}" -c 8 -i 16 -m async -d 2 -w 0 --quiet >/dev/null
+      "$MQB" producer -n "$NS" "${SPREAD[@]}" -c 8 -i 16 -m async -d "$SECS" -w 1 --quiet \
         --label "topics:$T" --json "$OUT"
     done
 
     # Trouble: the same open-loop load (1 KiB, 4 conn x 8, 20,000 msg/s) quiet and in trouble.
     LOAD=(-n "$NS" -t Trouble --queues 8 -s 1024 -c 4 -m async -i 8 -r 20000 -d "$SECS" -w 1 --quiet)
     log "trouble: quiet"
-    MQB producer "${LOAD[@]}" --create --label trouble:quiet --json "$OUT"
+    "$MQB" producer "${LOAD[@]}" --create --label trouble:quiet --json "$OUT"
     log "trouble (b): a consumer catches up the cold backlog meanwhile"
-    MQB catchup -n "$NS" -t Backlog --gib 0 >/dev/null &
+    "$MQB" catchup -n "$NS" -t Backlog --gib 0 >/dev/null &
     CATCHUP=$!
-    MQB producer "${LOAD[@]}" --label trouble:catchup --json "$OUT"
+    PIDS+=("$CATCHUP")
+    "$MQB" producer "${LOAD[@]}" --label trouble:catchup --json "$OUT" || true
     wait "$CATCHUP" || true
     log "trouble (c): restart after a clean stop, then after SIGKILL"
     stop_broker
-    start_broker "$DIR/store-$FLUSH" "flushDiskType=$FLUSH"
-    MQB producer "${LOAD[@]}" --label trouble:restart --json "$OUT"
-    MQB producer -n "$NS" -t Trouble -s 1024 -c 4 -m async -i 8 -d 3 -w 0 --quiet >/dev/null &
+    KEEP_PORT=1 start_broker "$DIR/store-$FLUSH" "flushDiskType=$FLUSH"
+    "$MQB" producer "${LOAD[@]}" --label trouble:restart --json "$OUT" || true
+    "$MQB" producer -n "$NS" -t Trouble -s 1024 -c 4 -m async -i 8 -d 3 -w 0 --quiet >/dev/null 2>&1 &
     LOADER=$!
+    PIDS+=("$LOADER")
     sleep 1.5
     kill -9 "$BROKER_PID"
     wait "$LOADER" 2>/dev/null || true
-    sleep 0.5
-    start_broker "$DIR/store-$FLUSH" "flushDiskType=$FLUSH"
-    MQB producer "${LOAD[@]}" --label trouble:recover --json "$OUT"
+    KEEP_PORT=1 start_broker "$DIR/store-$FLUSH" "flushDiskType=$FLUSH"
+    "$MQB" producer "${LOAD[@]}" --label trouble:recover --json "$OUT" || true
     log "trouble (a): expired files deleted (fileReservedTime=0: every segment but the active one)"
     stop_broker
     HOUR=$(date +%H)
-    start_broker "$DIR/store-$FLUSH" "flushDiskType=$FLUSH" "deleteWhen=$HOUR" \
+    KEEP_PORT=1 start_broker "$DIR/store-$FLUSH" "flushDiskType=$FLUSH" "deleteWhen=$HOUR" \
       fileReservedTime=0 cleanResourceInterval=1000
-    MQB producer "${LOAD[@]}" --label trouble:delete --json "$OUT"
+    "$MQB" producer "${LOAD[@]}" --label trouble:delete --json "$OUT" || true
   fi
   stop_broker
   rm -rf "$DIR/store-$FLUSH"
@@ -146,7 +147,7 @@ done
 if [ -n "$OTHER" ]; then
   log "the same matrix against $OTHER_NAME ($OTHER)"
   OTHER_OUT="$PWD/bench/results/run-$STAMP-$OTHER_NAME.jsonl"
-  MQB matrix -n "$OTHER" -t BenchmarkTest --queues 8 --create -d "$SECS" --reps "$REPS" \
+  "$MQB" matrix -n "$OTHER" -t BenchmarkTest --queues 8 --create -d "$SECS" --reps "$REPS" \
     --label ASYNC_FLUSH --json "$OTHER_OUT" "${ONLY[@]}"
 fi
 
@@ -171,16 +172,16 @@ PY
   echo
   echo "## Targets"
   echo
-  MQB verdict "$OUT"
+  "$MQB" verdict "$OUT"
   echo
   echo "## Matrix"
   echo
-  MQB report "$OUT"
+  "$MQB" report "$OUT"
   if [ -n "$OTHER" ]; then
     echo
     echo "## Against $OTHER_NAME"
     echo
-    MQB report "$OUT" "$OTHER_OUT" --other-name "$OTHER_NAME"
+    "$MQB" report "$OUT" "$OTHER_OUT" --other-name "$OTHER_NAME"
   fi
 } >"$MD"
 cat "$MD"
