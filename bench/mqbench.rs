@@ -720,7 +720,14 @@ fn run_producer(a: &ProducerArgs, e2e: Option<&Arc<Live>>) -> Summary {
         topic: topic_names(&a.target.topic, a.topics)[0].clone(),
         ..a.target.clone()
     };
-    let queues = match queues_of(&lookup) {
+    // A broker that just started may not have registered its topics yet: retry a while.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let mut found = queues_of(&lookup);
+    while found.as_ref().map_or(true, |q| q.is_empty()) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(200));
+        found = queues_of(&lookup);
+    }
+    let queues = match found {
         Ok(q) if !q.is_empty() => q,
         Ok(_) => {
             eprintln!("mqbench: {} has no writable queue", a.target.topic);
@@ -1018,7 +1025,11 @@ fn connection_loop(
             }
             continue;
         }
-        let _ = s.set_read_timeout(wait);
+        // ppoll, not SO_RCVTIMEO: socket timeouts are counted in scheduler ticks (1-4 ms),
+        // which would delay sends that fall due while we wait for answers.
+        if !readable(&s, wait.unwrap_or(Duration::from_millis(200))) {
+            continue;
+        }
         match s.read(&mut chunk) {
             Ok(0) => {
                 eprintln!("{addr} closed the connection");
@@ -1058,6 +1069,23 @@ fn connection_loop(
         }
     }
     res
+}
+
+/// Waits until `s` has data (or EOF/error) for at most `timeout`, with nanosecond precision.
+fn readable(s: &TcpStream, timeout: Duration) -> bool {
+    use std::os::fd::AsRawFd;
+    let mut fd = libc::pollfd {
+        fd: s.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    let ts = libc::timespec {
+        tv_sec: timeout.as_secs() as libc::time_t,
+        tv_nsec: timeout.subsec_nanos() as libc::c_long,
+    };
+    // SAFETY: one valid pollfd and a valid timespec, both outliving the call.
+    let n = unsafe { libc::ppoll(&mut fd, 1, &ts, std::ptr::null()) };
+    n != 0
 }
 
 fn print_summary(s: &Summary) {

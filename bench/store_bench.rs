@@ -25,6 +25,10 @@ use hdrhistogram::Histogram;
 mod limits;
 use limits::*;
 
+// The broker's allocator (see src/bin/mqbroker.rs), so the figures are the broker's.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser, Clone)]
 struct Opts {
     /// Directory on the disk to measure (default: target/bench-store).
