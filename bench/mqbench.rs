@@ -319,26 +319,31 @@ fn cluster_brokers(ns: &str) -> Result<Vec<(String, String)>, String> {
     Ok(out)
 }
 
+/// UPDATE_AND_CREATE_TOPIC for `topic` with `queues` read and write queues.
+fn create_topic_request(topic: &str, queues: u32) -> RemotingCommand {
+    let mut c = RemotingCommand::request(request::UPDATE_AND_CREATE_TOPIC, HeaderCodec::Json);
+    let n = queues.to_string();
+    for (k, v) in [
+        ("topic", topic),
+        ("defaultTopic", "TBW102"),
+        ("readQueueNums", &n),
+        ("writeQueueNums", &n),
+        ("perm", "6"),
+        ("topicFilterType", "SINGLE_TAG"),
+        ("order", "false"),
+    ] {
+        c.set_ext(k, v);
+    }
+    c
+}
+
 fn create_topic(t: &Target) -> Result<(), String> {
     let brokers = cluster_brokers(&t.ns())?;
     if brokers.is_empty() {
         return Err(format!("no broker registered with {}", t.ns()));
     }
     for (_, addr) in &brokers {
-        let mut c = RemotingCommand::request(request::UPDATE_AND_CREATE_TOPIC, HeaderCodec::Json);
-        let n = t.queues.to_string();
-        for (k, v) in [
-            ("topic", t.topic.as_str()),
-            ("defaultTopic", "TBW102"),
-            ("readQueueNums", &n),
-            ("writeQueueNums", &n),
-            ("perm", "6"),
-            ("topicFilterType", "SINGLE_TAG"),
-            ("order", "false"),
-        ] {
-            c.set_ext(k, v);
-        }
-        let r = call(addr, c)?;
+        let r = call(addr, create_topic_request(&t.topic, t.queues))?;
         if r.code != response::SUCCESS {
             return Err(format!("create {} on {addr}: {:?}", t.topic, r.remark));
         }
@@ -391,22 +396,7 @@ fn create_topics(t: &Target, count: usize) -> i32 {
                 let mut rb = BytesMut::new();
                 let mut chunk = vec![0u8; 64 << 10];
                 for (i, name) in names.iter().enumerate().skip(k).step_by(4) {
-                    let mut c = RemotingCommand::request(
-                        request::UPDATE_AND_CREATE_TOPIC,
-                        HeaderCodec::Json,
-                    );
-                    let n = q.to_string();
-                    for (key, v) in [
-                        ("topic", name.as_str()),
-                        ("defaultTopic", "TBW102"),
-                        ("readQueueNums", &n),
-                        ("writeQueueNums", &n),
-                        ("perm", "6"),
-                        ("topicFilterType", "SINGLE_TAG"),
-                        ("order", "false"),
-                    ] {
-                        c.set_ext(key, v);
-                    }
+                    let mut c = create_topic_request(name, q);
                     c.opaque = i as i32 + 1;
                     let mut wb = BytesMut::new();
                     frame::encode(&c, &mut wb);
@@ -671,12 +661,9 @@ struct Summary {
     failed: u64,
     tps: f64,
     mbps: f64,
-    p50_us: f64,
-    p90_us: f64,
-    p99_us: f64,
-    p999_us: f64,
-    p9999_us: f64,
-    max_us: f64,
+    /// Send latency; flattened so every percentile is a top-level JSON field.
+    #[serde(flatten)]
+    lat: Lat,
     mean_us: f64,
     /// CPU cores this process used on average (user + system).
     client_cpu: f64,
@@ -822,19 +809,8 @@ fn run_producer(a: &ProducerArgs, e2e: Option<&Arc<Live>>) -> Summary {
                 rt_max as f64 / 1e6,
             );
             if let Some(e) = e2e {
-                let n = e.rt_count.swap(0, Ordering::AcqRel);
-                let s = e.rt_sum_ns.swap(0, Ordering::AcqRel);
-                let m = e.rt_max_ns.swap(0, Ordering::AcqRel);
-                let got = e.msgs.swap(0, Ordering::AcqRel);
-                line += &format!(
-                    " | Consume TPS: {got} | E2E Avg(ms): {:.3} Max(ms): {:.3}",
-                    if n > 0 {
-                        s as f64 / n as f64 / 1e6
-                    } else {
-                        0.0
-                    },
-                    m as f64 / 1e6
-                );
+                let (got, avg, max) = e.take();
+                line += &format!(" | Consume TPS: {got} | E2E Avg(ms): {avg:.3} Max(ms): {max:.3}");
             }
             println!("{line}");
         }
@@ -875,16 +851,27 @@ fn run_producer(a: &ProducerArgs, e2e: Option<&Arc<Live>>) -> Summary {
         failed,
         tps: msgs as f64 / secs,
         mbps: bytes as f64 / secs / 1e6,
-        p50_us: l.p50_us,
-        p90_us: l.p90_us,
-        p99_us: l.p99_us,
-        p999_us: l.p999_us,
-        p9999_us: l.p9999_us,
-        max_us: l.max_us,
+        lat: l,
         mean_us: hist.mean() / 1e3,
         client_cpu: cpu,
         e2e: None,
         errors,
+    }
+}
+
+impl Live {
+    /// Messages, average and max latency (ms) since the last call; resets them.
+    fn take(&self) -> (u64, f64, f64) {
+        let n = self.rt_count.swap(0, Ordering::AcqRel);
+        let sum = self.rt_sum_ns.swap(0, Ordering::AcqRel);
+        let max = self.rt_max_ns.swap(0, Ordering::AcqRel);
+        let msgs = self.msgs.swap(0, Ordering::AcqRel);
+        let avg = if n > 0 {
+            sum as f64 / n as f64 / 1e6
+        } else {
+            0.0
+        };
+        (msgs, avg, max as f64 / 1e6)
     }
 }
 
@@ -1102,12 +1089,12 @@ fn print_summary(s: &Summary) {
         s.tps,
         s.mbps,
         s.failed,
-        s.p50_us,
-        s.p90_us,
-        s.p99_us,
-        s.p999_us,
-        s.p9999_us,
-        s.max_us,
+        s.lat.p50_us,
+        s.lat.p90_us,
+        s.lat.p99_us,
+        s.lat.p999_us,
+        s.lat.p9999_us,
+        s.lat.max_us,
         s.client_cpu
     );
     if let Some(e) = &s.e2e {
@@ -1330,19 +1317,8 @@ fn run_consumer_cmd(a: &ConsumerArgs) -> i32 {
     while t0.elapsed().as_secs_f64() < a.duration {
         std::thread::sleep(Duration::from_secs(1));
         sec += 1;
-        let n = live.msgs.swap(0, Ordering::AcqRel);
-        let k = live.rt_count.swap(0, Ordering::AcqRel);
-        let s = live.rt_sum_ns.swap(0, Ordering::AcqRel);
-        let m = live.rt_max_ns.swap(0, Ordering::AcqRel);
-        println!(
-            "[{sec:>4}s] Consume TPS: {n:>8} | E2E Avg(ms): {:.3} | E2E Max(ms): {:.3}",
-            if k > 0 {
-                s as f64 / k as f64 / 1e6
-            } else {
-                0.0
-            },
-            m as f64 / 1e6
-        );
+        let (n, avg, max) = live.take();
+        println!("[{sec:>4}s] Consume TPS: {n:>8} | E2E Avg(ms): {avg:.3} | E2E Max(ms): {max:.3}");
     }
     stop.store(true, Ordering::Release);
     let secs = t0.elapsed().as_secs_f64();

@@ -30,6 +30,16 @@ fn tools(class: &str, ns_port: u16) -> Command {
     c
 }
 
+/// The stdout of a finished command that must have succeeded.
+fn succeeded(out: &std::process::Output) -> String {
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 /// (queueId, queueOffset) of every message in the quickstart Consumer's output.
 fn consumed(stdout: &str) -> Vec<(u32, i64)> {
     let field = |s: &str, k: &str| -> String {
@@ -59,12 +69,7 @@ fn quickstart_scripts_produce_and_consume_and_the_broker_records_progress() {
         .env("COREMQ_QUICKSTART_COUNT", "50")
         .output()
         .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let stdout = succeeded(&out);
     let lines: Vec<&str> = stdout.lines().collect();
     assert_eq!(lines.len(), 50, "{stdout}");
     for l in &lines {
@@ -96,12 +101,7 @@ fn quickstart_scripts_produce_and_consume_and_the_broker_records_progress() {
         .env("COREMQ_QUICKSTART_SECONDS", "3")
         .output()
         .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let stdout = succeeded(&out);
     assert!(stdout.starts_with("Consumer Started."), "{stdout}");
     let batches: Vec<&str> = stdout
         .lines()
