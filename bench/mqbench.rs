@@ -1148,15 +1148,10 @@ fn pull_loop(
         .iter()
         .map(|q| {
             if from_start {
-                return 0;
+                0
+            } else {
+                max_offset(addr, topic, *q)
             }
-            let mut c = RemotingCommand::request(request::GET_MAX_OFFSET, HeaderCodec::Json);
-            c.set_ext("topic", topic);
-            c.set_ext("queueId", q);
-            call(addr, c)
-                .ok()
-                .and_then(|r| r.ext("offset").and_then(|v| v.parse().ok()))
-                .unwrap_or(0)
         })
         .collect();
     let Ok(mut s) = TcpStream::connect(addr) else {

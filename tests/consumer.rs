@@ -375,11 +375,7 @@ fn reconsume_later_redelivers_and_tag_expressions_filter() {
         },
     )
     .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while c.assigned().len() < 2 {
-        assert!(Instant::now() < deadline);
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_split(&[&c], &[2], 2, 30);
     for (tag, body) in [
         ("TagA", "a"),
         ("TagC", "c"),

@@ -127,21 +127,23 @@ impl RemotingClient {
         lock(&self.conns).remove(addr);
     }
 
-    /// Registers `waiter` under a fresh opaque and writes `req`; on a write error the waiter
-    /// is taken back and returned with the error.
+    /// Registers `waiter` (none for a oneway request) under a fresh opaque and writes `req`;
+    /// on a write error the waiter is taken back and returned with the error.
     fn write(
         &self,
         addr: &str,
         mut req: RemotingCommand,
-        waiter: Waiter,
+        waiter: Option<Waiter>,
     ) -> Result<(Arc<Connection>, i32), (ClientError, Option<Waiter>)> {
         let conn = match self.connection(addr) {
             Ok(c) => c,
-            Err(e) => return Err((e, Some(waiter))),
+            Err(e) => return Err((e, waiter)),
         };
         req.opaque = self.opaque.fetch_add(1, Ordering::Relaxed);
         let opaque = req.opaque;
-        lock(&conn.pending).insert(opaque, waiter);
+        if let Some(w) = waiter {
+            lock(&conn.pending).insert(opaque, w);
+        }
         let mut buf = BytesMut::new();
         frame::encode(&req, &mut buf);
         if let Err(e) = lock(&conn.writer).write_all(&buf) {
@@ -161,7 +163,7 @@ impl RemotingClient {
     ) -> Result<RemotingCommand, ClientError> {
         let (tx, rx) = flume::bounded(1);
         let (conn, opaque) = self
-            .write(addr, req, Waiter::Sync(tx))
+            .write(addr, req, Some(Waiter::Sync(tx)))
             .map_err(|(e, _)| e)?;
         let res = rx.recv_timeout(timeout);
         lock(&conn.pending).remove(&opaque);
@@ -195,7 +197,8 @@ impl RemotingClient {
             timeout_ms: timeout.as_millis() as u64,
             callback,
         };
-        if let Err((e, Some(Waiter::Async { callback, .. }))) = self.write(addr, req, waiter) {
+        if let Err((e, Some(Waiter::Async { callback, .. }))) = self.write(addr, req, Some(waiter))
+        {
             callback(Err(e));
         }
     }
@@ -275,16 +278,8 @@ impl RemotingClient {
 
     /// Sends a oneway request (no response).
     pub fn invoke_oneway(&self, addr: &str, mut req: RemotingCommand) -> Result<(), ClientError> {
-        let conn = self.connection(addr)?;
-        req.opaque = self.opaque.fetch_add(1, Ordering::Relaxed);
         req.flag |= crate::protocol::command::FLAG_ONEWAY;
-        let mut buf = BytesMut::new();
-        frame::encode(&req, &mut buf);
-        let res = lock(&conn.writer).write_all(&buf);
-        res.map_err(|e| {
-            self.forget(addr);
-            ClientError::Send(addr.to_string(), e.to_string())
-        })
+        self.write(addr, req, None).map(|_| ()).map_err(|(e, _)| e)
     }
 }
 

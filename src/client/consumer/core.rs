@@ -47,7 +47,7 @@ pub(crate) struct Core {
     pub opts: ConsumerOptions,
     /// `CONSUME_PASSIVELY` (push) or `CONSUME_ACTIVELY` (lite pull).
     pub consume_type: &'static str,
-    pub subs: Mutex<BTreeMap<String, Sub>>,
+    pub subs: Mutex<BTreeMap<String, Arc<Sub>>>,
     /// Broker name → master address, from the routes of our topics.
     brokers: Mutex<HashMap<String, String>>,
     pub offsets: OffsetStore,
@@ -112,14 +112,15 @@ impl Core {
     pub fn subscribe(&self, topic: &str, expr: &str) {
         lock(&self.subs).insert(
             topic.to_string(),
-            Sub {
+            Arc::new(Sub {
                 expr: expr.to_string(),
                 filter: TagFilter::parse(expr),
-            },
+            }),
         );
     }
 
-    pub fn sub(&self, topic: &str) -> Option<Sub> {
+    /// The subscription of `topic` (shared: read on every pull).
+    pub fn sub(&self, topic: &str) -> Option<Arc<Sub>> {
         lock(&self.subs).get(topic).cloned()
     }
 

@@ -182,22 +182,9 @@ impl PullService {
         let Some(addr) = core.broker_addr(&q.mq.broker_name) else {
             return self.submit_later(q, DELAY_ON_ERROR);
         };
-        let Some(sub) = core.sub(&q.mq.topic) else {
-            // Assigned queues of an unsubscribed topic (lite pull assign) take everything.
-            return self.pull_with(core, sink, q, &addr, "*".into(), None);
-        };
-        self.pull_with(core, sink, q, &addr, sub.expr, Some(sub.filter))
-    }
-
-    fn pull_with(
-        &self,
-        core: &Arc<Core>,
-        sink: &Sink,
-        q: Arc<QueueState>,
-        addr: &str,
-        expr: String,
-        filter: Option<super::TagFilter>,
-    ) {
+        // Assigned queues of an unsubscribed topic (lite pull assign) take everything.
+        let sub = core.sub(&q.mq.topic);
+        let expr = sub.as_ref().map_or("*", |s| s.expr.as_str()).to_string();
         let generation = q.generation.load(Ordering::Acquire);
         let offset = q.next_offset.load(Ordering::Acquire);
         let mut flags = sys_flag::SUSPEND | sys_flag::SUBSCRIPTION;
@@ -227,7 +214,7 @@ impl PullService {
         hdr.encode(&mut r);
         let (me, core2, sink, q2) = (self.clone(), core.clone(), sink.clone(), q.clone());
         core.client.invoke_async(
-            addr,
+            &addr,
             r,
             suspend + Duration::from_secs(15),
             Box::new(move |res| {
@@ -252,8 +239,8 @@ impl PullService {
                 match resp.code {
                     response::SUCCESS => {
                         let mut msgs = decode_pull_body(&q.mq, &resp.body);
-                        if let Some(f) = &filter {
-                            msgs.retain(|m| f.matches(m));
+                        if let Some(s) = &sub {
+                            msgs.retain(|m| s.filter.matches(m));
                         }
                         if msgs.is_empty() {
                             if q.advance(generation, h.next_begin_offset) {
