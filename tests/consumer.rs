@@ -149,7 +149,11 @@ fn two_consumers_split_eight_queues_and_consume_each_message_once() {
     assert_eq!(seen.duplicates(), Vec::<String>::new());
     assert_eq!(seen.deliveries(), 2000);
     assert!(seen.by(1) > 0 && seen.by(2) > 0);
+    // A member leaving (it unregisters and closes its connections): the other takes over
+    // every queue at once, on the broker's notification, not at the 2 s rebalance period.
     c1.shutdown();
+    let took = wait_split(&[&c2], &[8], 8, 10);
+    assert!(took < Duration::from_secs(1), "takeover took {took:?}");
     c2.shutdown();
 }
 

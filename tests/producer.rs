@@ -211,3 +211,86 @@ fn async_oneway_and_batch_sends() {
         .unwrap_err();
     assert!(err.contains("connect to 127.0.0.1:"), "{err}");
 }
+
+/// A broker that accepts the connection and never answers: the send gives up at the send
+/// timeout (whole send, retries included) with an error that says it timed out.
+#[test]
+fn a_silent_broker_fails_the_send_at_the_timeout_with_a_clear_error() {
+    use coremq::client::ProducerOptions;
+    use coremq::protocol::{frame, RemotingCommand};
+    use std::io::{Read, Write};
+    use std::time::Duration;
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let silent_addr = silent.local_addr().unwrap().to_string();
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let d = done.clone();
+    let held = std::thread::spawn(move || {
+        // Hold accepted connections open, never answering, until the test is over.
+        let mut conns = Vec::new();
+        silent.set_nonblocking(true).unwrap();
+        let until = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < until && !d.load(std::sync::atomic::Ordering::Relaxed) {
+            if let Ok((s, _)) = silent.accept() {
+                conns.push(s);
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    });
+    // A name server that routes every topic to the silent broker.
+    let ns = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let ns_addr = ns.local_addr().unwrap().to_string();
+    let route = serde_json::json!({
+        "brokerDatas": [{"cluster": "c", "brokerName": "silent",
+                         "brokerAddrs": {"0": silent_addr}}],
+        "queueDatas": [{"brokerName": "silent", "readQueueNums": 4, "writeQueueNums": 4,
+                        "perm": 6, "topicSysFlag": 0}],
+    })
+    .to_string();
+    std::thread::spawn(move || {
+        for mut s in ns.incoming().flatten() {
+            let route = route.clone();
+            std::thread::spawn(move || {
+                let mut buf = bytes::BytesMut::new();
+                let mut chunk = [0u8; 4096];
+                loop {
+                    while let Ok(Some(req)) = frame::decode(&mut buf) {
+                        let mut r = RemotingCommand::response_to(&req, 0, None);
+                        r.body = bytes::Bytes::from(route.clone());
+                        let mut out = bytes::BytesMut::new();
+                        frame::encode(&r, &mut out);
+                        if s.write_all(&out).is_err() {
+                            return;
+                        }
+                    }
+                    match s.read(&mut chunk) {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                }
+            });
+        }
+    });
+    let p = Producer::with_options(
+        "pg",
+        Some(&ns_addr),
+        ProducerOptions {
+            send_timeout: Duration::from_millis(800),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let t = Instant::now();
+    let err = p
+        .send(&Message::new("Any", "", b"x".to_vec()))
+        .unwrap_err()
+        .to_string();
+    let took = t.elapsed();
+    assert!(
+        took >= Duration::from_millis(700) && took < Duration::from_secs(3),
+        "{took:?}"
+    );
+    assert!(err.contains("timeout"), "{err}");
+    drop(p);
+    done.store(true, std::sync::atomic::Ordering::Relaxed);
+    let _ = held.join();
+}

@@ -10,4 +10,7 @@ pub use consumer::{
     AllocateStrategy, ConsumeContext, ConsumeFromWhere, ConsumeResult, ConsumerOptions,
     LitePullConsumer, MessageExt, MessageModel, PushConsumer,
 };
-pub use producer::{Message, MessageQueue, Producer, SendResult, SendStatus};
+pub use producer::{
+    Message, MessageQueue, Producer, ProducerError, ProducerOptions, SendCallback, SendResult,
+    SendStatus,
+};

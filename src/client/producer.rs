@@ -683,6 +683,61 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 mod tests {
     use super::*;
 
+    fn info(brokers: &[&str]) -> PublishInfo {
+        PublishInfo {
+            queues: brokers
+                .iter()
+                .flat_map(|b| {
+                    (0..2).map(move |q| MessageQueue {
+                        topic: "T".into(),
+                        broker_name: b.to_string(),
+                        queue_id: q,
+                    })
+                })
+                .collect(),
+            brokers: brokers
+                .iter()
+                .map(|b| (b.to_string(), "127.0.0.1:1".to_string()))
+                .collect(),
+            fetched: Instant::now(),
+        }
+    }
+
+    /// Latency fault tolerance: a broker that failed, or answered in 550 ms or more, is left
+    /// out of selection; a fast answer puts it back; with every broker out, sends still go.
+    #[test]
+    fn slow_or_failed_brokers_are_avoided() {
+        let p = Producer::new("g", Some("127.0.0.1:1")).unwrap();
+        let (inner, info) = (&p.inner, info(&["a", "b"]));
+        let picks = |avoid: Option<&str>| -> Vec<String> {
+            (0..8)
+                .map(|_| inner.pick(&info, avoid).broker_name)
+                .collect()
+        };
+        assert!(picks(None).contains(&"a".to_string()));
+        inner.update_fault("a", Duration::from_millis(600), false);
+        assert!(
+            picks(None).iter().all(|b| b == "b"),
+            "slow broker a still picked"
+        );
+        inner.update_fault("a", Duration::from_millis(5), false);
+        assert!(
+            picks(None).contains(&"a".to_string()),
+            "a fast answer restores a"
+        );
+        inner.update_fault("b", Duration::from_millis(1), true);
+        assert!(
+            picks(None).iter().all(|b| b == "a"),
+            "failed broker b still picked"
+        );
+        inner.update_fault("a", Duration::from_millis(1), true);
+        assert_eq!(picks(None).len(), 8, "all out: sends still go somewhere");
+        assert!(
+            picks(Some("a")).iter().all(|b| b == "b"),
+            "the last failed one is avoided"
+        );
+    }
+
     #[test]
     fn uniq_ids_are_32_hex_and_distinct() {
         let g = UniqIds::new();
