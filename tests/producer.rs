@@ -294,3 +294,39 @@ fn a_silent_broker_fails_the_send_at_the_timeout_with_a_clear_error() {
     done.store(true, std::sync::atomic::Ordering::Relaxed);
     let _ = held.join();
 }
+
+/// Routes are fetched again once `poll_name_server_interval` has passed: queues added to a
+/// topic start receiving sends without a restart.
+#[test]
+fn routes_refresh_and_new_queues_receive_sends() {
+    use coremq::client::ProducerOptions;
+    use std::time::Duration;
+    let dir = tempfile::tempdir().unwrap();
+    let (_ns, ns_port) = start_namesrv(dir.path(), &[]);
+    let (_b, port) = start_broker(&dir.path().join("s"), ns_port, &[]);
+    create_topic(port, "Grow", 2);
+    wait_route(ns_port, "Grow");
+    let p = Producer::with_options(
+        "pg",
+        Some(&format!("127.0.0.1:{ns_port}")),
+        ProducerOptions {
+            poll_name_server_interval: Duration::from_millis(300),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let queue_of = |p: &Producer| {
+        p.send(&Message::new("Grow", "", b"x".to_vec()))
+            .unwrap()
+            .queue
+            .queue_id
+    };
+    assert!((0..10).map(|_| queue_of(&p)).all(|q| q < 2));
+    create_topic(port, "Grow", 4);
+    wait_route_where(ns_port, "Grow", |v| {
+        v["queueDatas"][0]["writeQueueNums"].as_u64() == Some(4)
+    });
+    std::thread::sleep(Duration::from_millis(400));
+    let seen: std::collections::BTreeSet<u32> = (0..20).map(|_| queue_of(&p)).collect();
+    assert!(seen.contains(&2) && seen.contains(&3), "{seen:?}");
+}

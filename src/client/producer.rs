@@ -203,6 +203,7 @@ struct Inner {
     send_timeout: Duration,
     retry_times_when_send_failed: u32,
     default_topic_queue_nums: u32,
+    poll_name_server_interval: Duration,
 }
 
 /// A producer. Thread-safe and cheap to clone (clones share connections and routes).
@@ -220,6 +221,8 @@ pub struct ProducerOptions {
     pub retry_times_when_send_failed: u32,
     /// `defaultTopicQueueNums`: queues of a topic the broker auto-creates.
     pub default_topic_queue_nums: u32,
+    /// `pollNameServerInterval`: how old a cached route may get before it is fetched again.
+    pub poll_name_server_interval: Duration,
 }
 
 impl Default for ProducerOptions {
@@ -228,6 +231,7 @@ impl Default for ProducerOptions {
             send_timeout: Duration::from_secs(3),
             retry_times_when_send_failed: 2,
             default_topic_queue_nums: 4,
+            poll_name_server_interval: Duration::from_secs(30),
         }
     }
 }
@@ -261,6 +265,7 @@ impl Producer {
                 send_timeout: opts.send_timeout,
                 retry_times_when_send_failed: opts.retry_times_when_send_failed,
                 default_topic_queue_nums: opts.default_topic_queue_nums,
+                poll_name_server_interval: opts.poll_name_server_interval,
             }),
         })
     }
@@ -333,11 +338,12 @@ impl Inner {
         Ok(self.client.topic_route(&self.namesrv, topic)?)
     }
 
-    /// Route of `topic`, refreshed every 30 s; unknown topics use TBW102's brokers.
+    /// Route of `topic`, refreshed every `poll_name_server_interval`; unknown topics use
+    /// TBW102's brokers.
     fn publish_info(&self, topic: &str, refresh: bool) -> Result<Arc<PublishInfo>, ProducerError> {
         if !refresh {
             if let Some(p) = lock(&self.routes).get(topic) {
-                if p.fetched.elapsed() < Duration::from_secs(30) {
+                if p.fetched.elapsed() < self.poll_name_server_interval {
                     return Ok(p.clone());
                 }
             }
