@@ -253,5 +253,6 @@ impl LitePullConsumer {
         for t in lock(&self.threads).drain(..) {
             let _ = t.join();
         }
+        self.member.leave();
     }
 }

@@ -79,12 +79,24 @@ impl Member {
         }
     }
 
-    /// Releases everything, commits, leaves the group; the threads end.
+    /// Ends the threads (callers join them, then call [`Member::leave`]); releases
+    /// everything and commits.
     pub fn stop(&self) {
+        // First, so the service thread starts no heartbeat or rebalance after this.
+        self.running.store(false, Ordering::Relaxed);
         let qs: Vec<Arc<QueueState>> = lock(&self.queues).drain().map(|(_, q)| q).collect();
         self.release(&qs);
-        self.running.store(false, Ordering::Relaxed);
         self.core.persist(None);
+    }
+
+    /// Leaves the group, once the threads have ended: a heartbeat still in flight during
+    /// [`Member::stop`] would otherwise re-register this member after its unregistration,
+    /// and the group would rebalance around a member that is gone.
+    pub fn leave(&self) {
+        let late: Vec<Arc<QueueState>> = lock(&self.queues).drain().map(|(_, q)| q).collect();
+        if !late.is_empty() {
+            self.release(&late);
+        }
         self.core.unregister();
     }
 

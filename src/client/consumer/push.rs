@@ -149,6 +149,7 @@ impl PushConsumer {
         for t in self.threads {
             let _ = t.join();
         }
+        inner.leave();
         log::info!("push consumer {} shut down", inner.core.client_id);
     }
 }
