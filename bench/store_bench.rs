@@ -52,6 +52,9 @@ struct Opts {
     /// Skip the cold-read and retention sections.
     #[arg(long)]
     no_extras: bool,
+    /// Segment warming (`warmMapedFileEnable`): `auto` (on for SYNC_FLUSH), `on`, `off`.
+    #[arg(long, default_value = "auto")]
+    warm: String,
     /// Ignored (cargo bench passes it).
     #[arg(long, hide = true)]
     bench: bool,
@@ -191,8 +194,12 @@ fn try_append_load(
     }
 }
 
+/// `--warm`, as the store's `warm_segments` (set once in `main`).
+static WARM: std::sync::OnceLock<Option<bool>> = std::sync::OnceLock::new();
+
 fn bench_config(dir: &Path, shards: usize, mode: FlushDiskType) -> StoreConfig {
     let mut c = StoreConfig::new(dir);
+    c.warm_segments = WARM.get().copied().flatten();
     c.shards = shards;
     c.flush_disk_type = mode;
     c.delete_when = vec![];
@@ -320,7 +327,21 @@ fn retention_trouble(base: &Path, secs: f64) -> (f64, f64, usize) {
 }
 
 fn main() {
+    // As mqbroker does, so the figures are the broker's.
+    if let Err(e) = coremq::store::runtime::disable_transparent_huge_pages() {
+        eprintln!("PR_SET_THP_DISABLE: {e}");
+    }
     let opts = Opts::parse();
+    let warm = match opts.warm.as_str() {
+        "auto" => None,
+        "on" => Some(true),
+        "off" => Some(false),
+        other => {
+            eprintln!("--warm {other:?}: expected auto, on or off");
+            std::process::exit(2);
+        }
+    };
+    WARM.set(warm).expect("set once");
     let base = opts
         .dir
         .clone()

@@ -30,6 +30,7 @@ struct Cli {
 }
 
 fn main() {
+    let thp = coremq::store::runtime::disable_transparent_huge_pages();
     let stop = termination_signals();
     let cli = Cli::parse();
     let mut lc = LogConfig::new("broker");
@@ -38,6 +39,9 @@ fn main() {
     }
     let log_path =
         logging::init(&lc).unwrap_or_else(|e| fail(&format!("cannot open the log: {e}")));
+    if let Err(e) = thp {
+        log::warn!("could not turn transparent huge pages off for the broker: {e}");
+    }
     let mut cfg = match &cli.config {
         Some(p) => BrokerConfig::load(p).unwrap_or_else(|e| fail(&e.to_string())),
         None => BrokerConfig::default(),

@@ -185,6 +185,8 @@ impl BrokerConfig {
                 "maxHashSlotNum" => self.store.index_slots = value(p, file)?,
                 "maxIndexNum" => self.store.index_max_entries = value(p, file)?,
                 "shards" => self.store.shards = value(p, file)?,
+                // Unset: on for SYNC_FLUSH (see StoreConfig::warm_segments).
+                "warmMapedFileEnable" => self.store.warm_segments = Some(value(p, file)?),
                 // CoreMQ: pin each shard's thread to its core (default true).
                 "pinShards" => self.store.pin_shards = value(p, file)?,
                 // CoreMQ: µs an idle shard polls before sleeping (see StoreConfig).

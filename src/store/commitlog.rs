@@ -120,6 +120,10 @@ struct WriteState {
     /// STORETIMESTAMP of the last durable record, for the checkpoint.
     durable_store_ts: i64,
     written_store_ts: i64,
+    /// Segment space below this has been written (data or warming zeros).
+    zeroed: u64,
+    /// A warming write in flight, `[start, end)`: data writes there wait for it.
+    zeroing: Option<(u64, u64)>,
 }
 
 /// Where one appended record landed.
@@ -147,8 +151,12 @@ pub struct CommitLog {
     cfg: StoreConfig,
     segments: RefCell<Vec<Rc<Segment>>>,
     st: RefCell<WriteState>,
-    /// Signalled whenever written, flushed, durable, error or closing change.
+    /// Signalled whenever flushed, durable, zeroing, error or closing change (appenders
+    /// waiting for durability or room wait here).
     changed: Notify,
+    /// Signalled by every append, and with `changed` on error and closing (the flusher and
+    /// the warmer wait here). Apart, so an append does not wake every waiting appender.
+    appended: Notify,
     /// A segment being created ahead of need.
     next_segment: RefCell<Option<glommio::task::JoinHandle<Result<Rc<Segment>>>>>,
     /// Bytes written by the flusher, for stats.
@@ -226,6 +234,13 @@ async fn open_segment(dir: &Path, base: u64, size: u64, create: bool) -> Result<
         file: Rc::new(file),
         path,
     }))
+}
+
+/// Where the next warming write starts: past what is warmed, and never below the end of the
+/// page holding `written` (the flusher may already have written that partial page, and would
+/// not rewrite it before the next append).
+fn warm_start(zeroed: u64, written: u64) -> u64 {
+    zeroed.max(align_up(written))
 }
 
 impl CommitLog {
@@ -309,8 +324,11 @@ impl CommitLog {
                 closing: false,
                 durable_store_ts: 0,
                 written_store_ts: 0,
+                zeroed: 0,
+                zeroing: None,
             }),
             changed: Notify::default(),
+            appended: Notify::default(),
             next_segment: RefCell::new(None),
             bytes_flushed: Cell::new(0),
             empty_start: Cell::new(0),
@@ -370,6 +388,7 @@ impl CommitLog {
         st.written = end;
         st.flushed = end;
         st.durable = end;
+        st.zeroed = end;
         st.cache = cache;
         Ok(())
     }
@@ -655,7 +674,7 @@ impl CommitLog {
         self.seal_run(st, run_start, &mut open, &mut out);
         st.written_store_ts = store_ts;
         drop(guard);
-        self.changed.notify_all();
+        self.appended.notify_all();
         Ok(out)
     }
 
@@ -771,6 +790,10 @@ impl CommitLog {
         {
             let mut segs = self.segments.borrow_mut();
             let i = segs.partition_point(|s| s.base < base);
+            if let Some(s) = segs.get(i).filter(|s| s.base == base) {
+                // The flusher and the warmer both opened it; keep the first.
+                return Ok(s.clone());
+            }
             segs.insert(i, seg.clone());
         }
         let dir = self.dir.clone();
@@ -802,6 +825,14 @@ impl CommitLog {
                 continue;
             }
             let q = data_end.min(p + self.cfg.max_write_bytes);
+            let end = align_up(q);
+            // Never race a warming write of the same blocks: its zeros could land last.
+            self.changed
+                .wait_until(|| match self.st.borrow().zeroing {
+                    Some((zs, ze)) => ze <= p || zs >= end,
+                    None => true,
+                })
+                .await;
             let seg = self.segment_for_write(seg_base).await?;
             if touched.last().map(|s| s.base) != Some(seg.base) {
                 touched.push(seg.clone());
@@ -857,7 +888,7 @@ impl CommitLog {
         let mut unsynced: Vec<Rc<Segment>> = Vec::new();
         loop {
             if sync_mode {
-                self.changed
+                self.appended
                     .wait_until(|| {
                         let st = self.st.borrow();
                         st.written > st.durable || st.closing
@@ -870,7 +901,7 @@ impl CommitLog {
                 let left = interval.saturating_sub(last_sync.elapsed());
                 let trigger = self.cfg.flush_trigger_bytes.max(1);
                 futures_lite::future::or(
-                    self.changed.wait_until(|| {
+                    self.appended.wait_until(|| {
                         let st = self.st.borrow();
                         st.written - st.flushed >= trigger || st.closing
                     }),
@@ -926,7 +957,7 @@ impl CommitLog {
                     self.shard
                 );
                 self.st.borrow_mut().error = Some(e.to_string());
-                self.changed.notify_all();
+                self.wake_all();
                 return;
             }
             self.changed.notify_all();
@@ -937,10 +968,80 @@ impl CommitLog {
         }
     }
 
+    /// Keeps zeros written (and synced) `warm_ahead_bytes` ahead of the tail, in the
+    /// background, so data writes land in blocks already mapped as written: an `fdatasync`
+    /// after them then carries no extent conversion. Runs until [`CommitLog::close`].
+    pub async fn run_warmer(self: Rc<Self>) {
+        // Small writes, so a data write or fdatasync never queues behind a long one; one
+        // fdatasync per SYNC_EVERY commits their extent conversions.
+        const CHUNK: u64 = 256 << 10;
+        const SYNC_EVERY: u64 = 4 << 20;
+        // Within about one segment: tiny test segments must not multiply ahead of need.
+        let ahead = self.cfg.warm_ahead_bytes.min(self.seg_size / 2).max(1);
+        let next = |st: &WriteState| warm_start(st.zeroed, st.written);
+        let mut unsynced = 0u64;
+        loop {
+            self.appended
+                .wait_until(|| {
+                    let st = self.st.borrow();
+                    st.closing || st.error.is_some() || next(&st) < st.written + ahead
+                })
+                .await;
+            let (start, end) = {
+                let mut st = self.st.borrow_mut();
+                if st.closing || st.error.is_some() {
+                    return;
+                }
+                let start = next(&st);
+                let seg_end = (start / self.seg_size + 1) * self.seg_size;
+                let end = (start + CHUNK).min(seg_end);
+                // Claimed before any await: the flusher waits for it, and `written` may
+                // grow into it meanwhile.
+                st.zeroing = Some((start, end));
+                (start, end)
+            };
+            let seg_base = start / self.seg_size * self.seg_size;
+            let result = async {
+                let seg = self.segment_for_write(seg_base).await?;
+                let len = (end - start) as usize;
+                let mut buf = seg.file.alloc_dma_buffer(len);
+                buf.as_bytes_mut().fill(0);
+                seg.file
+                    .write_at(buf, start - seg.base)
+                    .await
+                    .map_err(io_err("warming segment", &seg.path))?;
+                unsynced += end - start;
+                if unsynced >= SYNC_EVERY || end % self.seg_size == 0 {
+                    unsynced = 0;
+                    seg.file
+                        .fdatasync()
+                        .await
+                        .map_err(io_err("syncing segment", &seg.path))?;
+                }
+                Ok::<(), StoreError>(())
+            }
+            .await;
+            let mut st = self.st.borrow_mut();
+            st.zeroing = None;
+            match result {
+                Ok(()) => st.zeroed = end,
+                Err(e) => {
+                    // Not fatal: appends still work on unwarmed blocks, only slower.
+                    log::warn!("shard {}: stopping segment warming: {e}", self.shard);
+                    drop(st);
+                    self.changed.notify_all();
+                    return;
+                }
+            }
+            drop(st);
+            self.changed.notify_all();
+        }
+    }
+
     /// Stops accepting appends and waits for the flusher to make everything durable.
     pub async fn close(&self) -> Result<()> {
         self.st.borrow_mut().closing = true;
-        self.changed.notify_all();
+        self.wake_all();
         self.changed
             .wait_until(|| {
                 let st = self.st.borrow();
@@ -965,15 +1066,29 @@ impl CommitLog {
         Some(segs.remove(0))
     }
 
-    /// Signal used by waiters on flush progress.
-    pub fn changed(&self) -> &Notify {
-        &self.changed
+    /// Wakes every waiter (each re-checks its condition).
+    pub fn wake_all(&self) {
+        self.changed.notify_all();
+        self.appended.notify_all();
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn warming_never_starts_inside_written_pages() {
+        assert_eq!(warm_start(0, 0), 0);
+        assert_eq!(warm_start(0, 1), 4096);
+        assert_eq!(warm_start(4096, 4096), 4096);
+        assert_eq!(warm_start(8192, 4097), 8192);
+        // Appends outran the warmer: it restarts past the written page.
+        assert_eq!(warm_start(4096, 10_000), 12_288);
+        for w in [1u64, 4095, 4096, 4097, 1 << 30] {
+            assert!(warm_start(0, w) >= w && warm_start(0, w) % 4096 == 0);
+        }
+    }
 
     #[test]
     fn tail_cache_get_copy_and_evict() {

@@ -72,6 +72,13 @@ pub struct StoreConfig {
     pub flush_trigger_bytes: u64,
     /// Largest single DMA write.
     pub max_write_bytes: u64,
+    /// `warmMapedFileEnable`: write zeros ahead of the commitlog's tail (and `fdatasync`
+    /// them), so appends land in blocks the filesystem already maps as written and an
+    /// `fdatasync` commits no extent conversion. `None` turns it on for `SYNC_FLUSH`, where
+    /// every acknowledgement waits for an `fdatasync`.
+    pub warm_segments: Option<bool>,
+    /// How far ahead of the tail the zeros are kept, when warming.
+    pub warm_ahead_bytes: u64,
     /// Unflushed bytes per shard past which appenders wait (backpressure).
     pub max_unflushed_bytes: u64,
     /// Recently written bytes kept in memory per shard for reads (beyond the unflushed tail).
@@ -139,6 +146,8 @@ impl StoreConfig {
             sync_flush_timeout_ms: 5000,
             flush_trigger_bytes: 1,
             max_write_bytes: 1 << 20,
+            warm_segments: None,
+            warm_ahead_bytes: 32 << 20,
             max_unflushed_bytes: 64 << 20,
             tail_cache_bytes: 256 << 20,
             read_ahead_bytes: 1 << 20,
@@ -167,6 +176,13 @@ impl StoreConfig {
                 .map(|n| n.get())
                 .unwrap_or(1)
         }
+    }
+
+    /// Whether the commitlog writes zeros ahead of its tail (see `warm_segments`).
+    pub fn warms_segments(&self) -> bool {
+        self.warm_segments
+            .unwrap_or(self.flush_disk_type == FlushDiskType::SyncFlush)
+            && self.warm_ahead_bytes > 0
     }
 
     /// Checks values that would break invariants later.

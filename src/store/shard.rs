@@ -367,6 +367,9 @@ impl ShardStore {
             .detach();
         };
         spawn(Box::pin(self.log.clone().run_flusher()));
+        if self.cfg.warms_segments() {
+            spawn(Box::pin(self.log.clone().run_warmer()));
+        }
         spawn(Box::pin(self.clone().run_dispatcher()));
         spawn(Box::pin(self.clone().run_logics_flusher()));
         spawn(Box::pin(self.clone().run_retention()));
@@ -1131,7 +1134,7 @@ impl ShardStore {
         let log_res = self.log.close().await;
         self.closing.set(true);
         self.dispatch_signal.notify_all();
-        self.log.changed().notify_all();
+        self.log.wake_all();
         self.tasks_done
             .wait_until(|| self.running_tasks.get() == 0)
             .await;
