@@ -22,7 +22,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 use glommio::io::{DmaFile, OpenOptions};
 
 use super::config::{FlushDiskType, StoreConfig};
-use super::dma::{align_down, align_up};
+use super::dma::{align_down, align_up, DmaPool};
 use super::error::{io_err, Result, StoreError};
 use super::notify::Notify;
 use super::offset::{file_name, parse_file_name, CommitLogOffset, ShardId};
@@ -159,6 +159,8 @@ pub struct CommitLog {
     appended: Notify,
     /// A segment being created ahead of need.
     next_segment: RefCell<Option<glommio::task::JoinHandle<Result<Rc<Segment>>>>>,
+    /// Write buffers of `max_write_bytes` (a round's full pieces), reused across rounds.
+    pool: DmaPool,
     /// Bytes written by the flusher, for stats.
     bytes_flushed: Cell<u64>,
     /// Where the log starts when no segment exists yet (segments are created by the flusher).
@@ -330,6 +332,11 @@ impl CommitLog {
             changed: Notify::default(),
             appended: Notify::default(),
             next_segment: RefCell::new(None),
+            // Enough for every piece of one round in flight.
+            pool: DmaPool::new(
+                cfg.max_write_bytes as usize,
+                (ROUND_MAX / cfg.max_write_bytes.max(1)) as usize + 1,
+            ),
             bytes_flushed: Cell::new(0),
             empty_start: Cell::new(0),
         });
@@ -838,7 +845,7 @@ impl CommitLog {
                 touched.push(seg.clone());
             }
             let len = align_up(q - p) as usize;
-            let mut buf = seg.file.alloc_dma_buffer(len);
+            let mut buf = self.pool.get(&seg.file, len);
             self.st.borrow().cache.copy_into(p, buf.as_bytes_mut());
             let file = seg.file.clone();
             let path = seg.path.clone();
@@ -846,10 +853,11 @@ impl CommitLog {
             // Let appenders run between copies.
             futures_lite::future::yield_now().await;
             tasks.push(glommio::spawn_local(async move {
-                let n = file
-                    .write_at(buf, at)
-                    .await
-                    .map_err(io_err("writing segment", &path))?;
+                // Shared with the write, so the buffer comes back for the pool.
+                let buf = Rc::new(buf);
+                let n = file.write_rc_at(buf.clone(), at).await;
+                let back = Rc::try_unwrap(buf).ok();
+                let n = n.map_err(io_err("writing segment", &path))?;
                 if n < len {
                     return Err(StoreError::Io {
                         op: "writing segment",
@@ -860,14 +868,19 @@ impl CommitLog {
                         ),
                     });
                 }
-                Ok(len as u64)
+                Ok((len as u64, back))
             }));
             p = q;
         }
         let mut first_err = None;
         for t in tasks {
             match t.await {
-                Ok(n) => self.bytes_flushed.set(self.bytes_flushed.get() + n),
+                Ok((n, back)) => {
+                    self.bytes_flushed.set(self.bytes_flushed.get() + n);
+                    if let Some(b) = back {
+                        self.pool.put(b);
+                    }
+                }
                 Err(e) => {
                     first_err.get_or_insert(e);
                 }
@@ -980,6 +993,7 @@ impl CommitLog {
         let ahead = self.cfg.warm_ahead_bytes.min(self.seg_size / 2).max(1);
         let next = |st: &WriteState| warm_start(st.zeroed, st.written);
         let mut unsynced = 0u64;
+        let mut zeros: Option<Rc<glommio::io::DmaBuffer>> = None;
         loop {
             self.appended
                 .wait_until(|| {
@@ -1004,10 +1018,21 @@ impl CommitLog {
             let result = async {
                 let seg = self.segment_for_write(seg_base).await?;
                 let len = (end - start) as usize;
-                let mut buf = seg.file.alloc_dma_buffer(len);
-                buf.as_bytes_mut().fill(0);
+                // One buffer of zeros serves every full chunk.
+                let buf = match &zeros {
+                    Some(z) if len == CHUNK as usize => Rc::clone(z),
+                    _ => {
+                        let mut b = seg.file.alloc_dma_buffer(len);
+                        b.as_bytes_mut().fill(0);
+                        let b = Rc::new(b);
+                        if len == CHUNK as usize {
+                            zeros = Some(b.clone());
+                        }
+                        b
+                    }
+                };
                 seg.file
-                    .write_at(buf, start - seg.base)
+                    .write_rc_at(buf, start - seg.base)
                     .await
                     .map_err(io_err("warming segment", &seg.path))?;
                 unsynced += end - start;
