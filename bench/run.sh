@@ -88,7 +88,8 @@ wait_port "$RESP_PORT"
 for FLUSH in ASYNC_FLUSH SYNC_FLUSH; do
   log "broker, $FLUSH"
   rm -rf "$DIR/store-$FLUSH"
-  start_broker "$DIR/store-$FLUSH" "flushDiskType=$FLUSH"
+  # A retention tick every second, so trouble (a) starts deleting soon after mqadmin asks.
+  start_broker "$DIR/store-$FLUSH" "flushDiskType=$FLUSH" cleanResourceInterval=1000
   "$MQB" matrix -n "$NS" -t BenchmarkTest --queues 8 --create -d "$SECS" --reps "$REPS" \
     --label "$FLUSH" --json "$OUT" "${ONLY[@]}"
   if [ "$FLUSH" = ASYNC_FLUSH ]; then
@@ -113,14 +114,26 @@ for FLUSH in ASYNC_FLUSH SYNC_FLUSH; do
 
     # Trouble: the same open-loop load (1 KiB, 4 conn x 8, 20,000 msg/s) quiet and in trouble.
     LOAD=(-n "$NS" -t Trouble --queues 8 -s 1024 -c 4 -m async -i 8 -r 20000 -d "$SECS" -w 1 --quiet)
-    log "trouble: quiet"
-    "$MQB" producer "${LOAD[@]}" --create --label trouble:quiet --json "$OUT"
+    log "trouble: quiet (after an unmeasured run, so the many-topics work has settled)"
+    "$MQB" producer -n "$NS" -t Trouble --queues 8 --create -s 1024 -c 4 -m async -i 8 -r 20000 \
+      -d 3 -w 0 --quiet >/dev/null
+    "$MQB" producer "${LOAD[@]}" --label trouble:quiet --json "$OUT"
     log "trouble (b): a consumer catches up the cold backlog meanwhile"
     "$MQB" catchup -n "$NS" -t Backlog --gib 0 >/dev/null &
     CATCHUP=$!
     PIDS+=("$CATCHUP")
     "$MQB" producer "${LOAD[@]}" --label trouble:catchup --json "$OUT" || true
     wait "$CATCHUP" || true
+    log "trouble (a): expired files deleted while the load runs (fileReservedTime=0 through mqadmin)"
+    EVERY_HOUR=$(seq -f %02g -s ';' 0 23)
+    ( sleep 1
+      "$BIN/mqadmin" updateBrokerConfig -b "127.0.0.1:$BROKER_PORT" -k deleteWhen -v "$EVERY_HOUR"
+      "$BIN/mqadmin" updateBrokerConfig -b "127.0.0.1:$BROKER_PORT" -k fileReservedTime -v 0
+    ) >&2 &
+    PIDS+=($!)
+    "$MQB" producer "${LOAD[@]}" --label trouble:delete --json "$OUT" || true
+    grep -h "retention deleted\|deleting expired" "$DIR"/logs/broker*.log | tail -3 >&2 || true
+    "$BIN/mqadmin" updateBrokerConfig -b "127.0.0.1:$BROKER_PORT" -k fileReservedTime -v 72 >&2
     log "trouble (c): restart after a clean stop, then after SIGKILL"
     stop_broker
     KEEP_PORT=1 start_broker "$DIR/store-$FLUSH" "flushDiskType=$FLUSH"
@@ -133,12 +146,6 @@ for FLUSH in ASYNC_FLUSH SYNC_FLUSH; do
     wait "$LOADER" 2>/dev/null || true
     KEEP_PORT=1 start_broker "$DIR/store-$FLUSH" "flushDiskType=$FLUSH"
     "$MQB" producer "${LOAD[@]}" --label trouble:recover --json "$OUT" || true
-    log "trouble (a): expired files deleted (fileReservedTime=0: every segment but the active one)"
-    stop_broker
-    HOUR=$(date +%H)
-    KEEP_PORT=1 start_broker "$DIR/store-$FLUSH" "flushDiskType=$FLUSH" "deleteWhen=$HOUR" \
-      fileReservedTime=0 cleanResourceInterval=1000
-    "$MQB" producer "${LOAD[@]}" --label trouble:delete --json "$OUT" || true
   fi
   stop_broker
   rm -rf "$DIR/store-$FLUSH"

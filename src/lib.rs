@@ -5,6 +5,7 @@
 //! [`store`] the per-shard DMA commitlog, consume queues, index, checkpoint, recovery and
 //! retention.
 
+pub mod admin;
 pub mod broker;
 pub mod client;
 pub mod config;

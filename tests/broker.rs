@@ -768,3 +768,137 @@ fn broker_registers_again_with_a_restarted_name_server() {
         t.elapsed()
     );
 }
+
+/// UPDATE_BROKER_CONFIG changes retention on a running broker: expired segments go at the
+/// next retention tick, without a restart; GET_BROKER_CONFIG shows the values in force; a
+/// key that needs a restart, or a bad value, is refused and changes nothing.
+#[test]
+fn retention_settings_change_while_running() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_ns, ns_port) = start_namesrv(dir.path(), &[]);
+    let store = dir.path().join("store");
+    let (_b, port) = start_broker(
+        &store,
+        ns_port,
+        &[
+            "shards=1",
+            "mappedFileSizeCommitLog=262144",
+            "maxMessageSize=65536",
+            "cleanResourceInterval=200",
+        ],
+    );
+    let mut c = Client::connect(port);
+    let body = "r".repeat(8000);
+    for i in 0..120 {
+        let r = send_v2(&mut c, "Ret", 0, &body, "A", "k", &format!("u{i}"));
+        assert_eq!(r.code, response::SUCCESS, "{:?}", r.remark);
+    }
+    let min_offset = |c: &mut Client| {
+        let r = c.call(req(
+            request::GET_MIN_OFFSET,
+            Json,
+            &[("topic", "Ret"), ("queueId", "0")],
+        ));
+        r.ext("offset").and_then(|v| v.parse::<u64>().ok()).unwrap()
+    };
+    let segments = || {
+        std::fs::read_dir(store.join("commitlog/0"))
+            .unwrap()
+            .count()
+    };
+    assert_eq!(min_offset(&mut c), 0);
+    let before = segments();
+    assert!(before >= 4, "{before} segments");
+
+    let update = |c: &mut Client, text: &str| {
+        let mut r = req(request::UPDATE_BROKER_CONFIG, Json, &[]);
+        r.body = Bytes::from(text.to_string());
+        c.call(r)
+    };
+    let r = update(&mut c, "fileReservedTime=0\nlistenPort=1\n");
+    assert_eq!(r.code, response::SYSTEM_ERROR);
+    assert!(r.remark.as_deref().unwrap_or("").contains("listenPort"));
+    let r = update(&mut c, "fileReservedTime=x\n");
+    assert_eq!(r.code, response::SYSTEM_ERROR);
+    std::thread::sleep(Duration::from_millis(600));
+    assert_eq!(min_offset(&mut c), 0, "a refused update changed nothing");
+
+    // Through mqadmin, as a user would: by cluster (the name server's cluster info), then
+    // by broker address.
+    let mqadmin = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_mqadmin"))
+            .args(args)
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let ns = format!("127.0.0.1:{ns_port}");
+    let addr = format!("127.0.0.1:{port}");
+    wait_route(ns_port, "Ret"); // registered: the name server knows the cluster
+    let (ok, out, err) = mqadmin(&[
+        "updateBrokerConfig",
+        "-n",
+        &ns,
+        "-c",
+        "DefaultCluster",
+        "-k",
+        "fileReservedTime",
+        "-v",
+        "0",
+    ]);
+    assert!(ok, "{out}{err}");
+    assert_eq!(out.trim(), format!("update broker config success, {addr}"));
+    let (ok, _, err) = mqadmin(&[
+        "updateBrokerConfig",
+        "-b",
+        &addr,
+        "-k",
+        "listenPort",
+        "-v",
+        "1",
+    ]);
+    assert!(!ok && err.contains("listenPort"), "{err}");
+    let every_hour: Vec<String> = (0..24).map(|h| format!("{h:02}")).collect();
+    let (ok, out, err) = mqadmin(&[
+        "updateBrokerConfig",
+        "-b",
+        &addr,
+        "-k",
+        "deleteWhen",
+        "-v",
+        &every_hour.join(";"),
+    ]);
+    assert!(ok, "{out}{err}");
+    let r = c.call(req(request::GET_BROKER_CONFIG, Json, &[]));
+    assert_eq!(r.code, response::SUCCESS);
+    let text = String::from_utf8_lossy(&r.body).into_owned();
+    assert!(text.lines().any(|l| l == "fileReservedTime=0"), "{text}");
+    assert!(text.lines().any(|l| l == "mappedFileSizeCommitLog=262144"));
+    let (ok, out, _) = mqadmin(&["getBrokerConfig", "-b", &addr]);
+    assert!(ok && out.starts_with(&format!("============{addr}============")));
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with("fileReservedTime ") && l.ends_with("=  0")),
+        "{out}"
+    );
+
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while min_offset(&mut c) == 0 {
+        assert!(Instant::now() < deadline, "no segment was deleted");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Only the active segment is left (and the next one, created ahead of need), and what
+    // it holds is still served.
+    while segments() > 2 {
+        assert!(Instant::now() < deadline, "{} segments left", segments());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let min = min_offset(&mut c);
+    let r = pull(&mut c, "Ret", 0, min, 0);
+    assert_eq!(r.code, response::SUCCESS, "{:?}", r.remark);
+    assert!(!r.body.is_empty());
+}

@@ -16,7 +16,7 @@ fn clocked(root: &std::path::Path) -> (StoreConfig, Arc<AtomicI64>) {
     let s = skew.clone();
     let real = coremq::store::config::system_clock();
     c.clock = Arc::new(move || real() + s.load(Ordering::Relaxed));
-    c.file_reserved_hours = 48;
+    c.retention.set_file_reserved_hours(48);
     (c, skew)
 }
 
@@ -114,7 +114,7 @@ fn expired_segments_and_their_queue_and_index_files_go() {
 fn periodic_pass_runs_at_the_delete_when_hour() {
     let dir = tempfile::tempdir().unwrap();
     let (mut cfg, skew) = clocked(dir.path());
-    cfg.delete_when = (0..24).collect(); // every hour is a deleteWhen hour
+    cfg.retention.set_delete_when(&(0..24).collect::<Vec<u8>>()); // every hour is a deleteWhen hour
     cfg.clean_resource_interval_ms = 50;
     let store = Store::open(cfg).unwrap();
     fill(&store, 1200);

@@ -4,9 +4,9 @@
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::Path;
 
-use crate::config::{read_properties, value, ConfigError, Property};
+use crate::config::{parse_properties, read_properties, value, ConfigError, Property};
 use crate::logging::expand_tilde;
-use crate::store::config::parse_delete_when;
+use crate::store::config::{parse_delete_when, Retention};
 use crate::store::{FlushDiskType, StoreConfig};
 
 /// `brokerRole`.
@@ -137,6 +137,9 @@ impl BrokerConfig {
     pub fn apply(&mut self, props: &[Property], file: &str) -> Result<(), ConfigError> {
         let mut commitlog_dir = None;
         for p in props {
+            if apply_retention(&self.store.retention, p, file)? {
+                continue;
+            }
             let v = p.value.as_str();
             match p.key.as_str() {
                 "brokerClusterName" => self.cluster_name = v.to_string(),
@@ -162,11 +165,6 @@ impl BrokerConfig {
                 "shortPollingTimeMills" => self.short_polling_time_ms = value(p, file)?,
                 "storePathRootDir" => self.store.root = expand_tilde(v),
                 "storePathCommitLog" => commitlog_dir = Some(expand_tilde(v)),
-                "deleteWhen" => {
-                    self.store.delete_when =
-                        parse_delete_when(v).map_err(|msg| bad(p, file, msg))?
-                }
-                "fileReservedTime" => self.store.file_reserved_hours = value(p, file)?,
                 "flushDiskType" => {
                     self.store.flush_disk_type =
                         v.parse::<FlushDiskType>().map_err(|m| bad(p, file, m))?
@@ -179,7 +177,6 @@ impl BrokerConfig {
                 "flushIntervalCommitLog" => self.store.flush_interval_ms = value(p, file)?,
                 "flushIntervalConsumeQueue" => self.store.flush_cq_interval_ms = value(p, file)?,
                 "syncFlushTimeout" => self.store.sync_flush_timeout_ms = value(p, file)?,
-                "diskMaxUsedSpaceRatio" => self.store.disk_max_used_space_ratio = value(p, file)?,
                 "cleanResourceInterval" => self.store.clean_resource_interval_ms = value(p, file)?,
                 "messageIndexEnable" => self.store.message_index_enable = value(p, file)?,
                 "maxHashSlotNum" => self.store.index_slots = value(p, file)?,
@@ -222,6 +219,146 @@ impl BrokerConfig {
     pub fn broker_addr(&self) -> String {
         format!("{}:{}", self.broker_ip1, self.listen_port)
     }
+
+    /// UPDATE_BROKER_CONFIG: applies a properties text whose keys are all in [`LIVE_KEYS`]
+    /// and whose values are all valid, to this running broker (every shard sees it at its
+    /// next retention tick). Anything else changes nothing and returns why. Changes last
+    /// until the broker restarts. Returns the `key=value`s applied.
+    pub fn update_live(&self, text: &str) -> Result<Vec<String>, String> {
+        const SRC: &str = "UPDATE_BROKER_CONFIG";
+        let props = parse_properties(text, SRC).map_err(|e| e.to_string())?;
+        if let Some(p) = props.iter().find(|p| !LIVE_KEYS.contains(&p.key.as_str())) {
+            return Err(format!(
+                "{} cannot be changed while the broker runs (these can: {}); set it in the \
+                 broker's properties and restart",
+                p.key,
+                LIVE_KEYS.join(", ")
+            ));
+        }
+        // Validated on a copy first, so a bad value leaves everything as it was.
+        let live = &self.store.retention;
+        let scratch = Retention::new(
+            &live.delete_when(),
+            live.file_reserved_hours(),
+            live.disk_max_used_space_ratio(),
+        );
+        for p in &props {
+            apply_retention(&scratch, p, SRC).map_err(|e| e.to_string())?;
+        }
+        live.set_delete_when(&scratch.delete_when());
+        live.set_file_reserved_hours(scratch.file_reserved_hours());
+        live.set_disk_max_used_space_ratio(scratch.disk_max_used_space_ratio());
+        Ok(props
+            .iter()
+            .map(|p| format!("{}={}", p.key, p.value))
+            .collect())
+    }
+
+    /// GET_BROKER_CONFIG: the configuration in force, as `key=value` lines with the keys
+    /// [`BrokerConfig::apply`] reads (live changes included).
+    pub fn to_properties(&self) -> String {
+        let st = &self.store;
+        let role = match self.broker_role {
+            BrokerRole::AsyncMaster => "ASYNC_MASTER",
+            BrokerRole::SyncMaster => "SYNC_MASTER",
+            BrokerRole::Slave => "SLAVE",
+        };
+        let flush = match st.flush_disk_type {
+            FlushDiskType::AsyncFlush => "ASYNC_FLUSH",
+            FlushDiskType::SyncFlush => "SYNC_FLUSH",
+        };
+        let delete_when: Vec<String> = st
+            .retention
+            .delete_when()
+            .iter()
+            .map(|h| format!("{h:02}"))
+            .collect();
+        let kv: Vec<(&str, String)> = vec![
+            ("brokerClusterName", self.cluster_name.clone()),
+            ("brokerName", self.broker_name.clone()),
+            ("brokerId", self.broker_id.to_string()),
+            ("brokerRole", role.into()),
+            ("namesrvAddr", self.namesrv_addrs.join(";")),
+            ("listenPort", self.listen_port.to_string()),
+            ("brokerIP1", self.broker_ip1.to_string()),
+            (
+                "autoCreateTopicEnable",
+                self.auto_create_topic_enable.to_string(),
+            ),
+            (
+                "defaultTopicQueueNums",
+                self.default_topic_queue_nums.to_string(),
+            ),
+            ("brokerPermission", self.broker_permission.to_string()),
+            ("regionId", self.region_id.clone()),
+            ("traceOn", self.trace_on.to_string()),
+            (
+                "registerNameServerPeriod",
+                self.register_period_ms.to_string(),
+            ),
+            (
+                "flushConsumerOffsetInterval",
+                self.flush_consumer_offset_interval_ms.to_string(),
+            ),
+            ("longPollingEnable", self.long_polling_enable.to_string()),
+            (
+                "shortPollingTimeMills",
+                self.short_polling_time_ms.to_string(),
+            ),
+            ("storePathRootDir", st.root.display().to_string()),
+            ("storePathCommitLog", st.commitlog_dir.display().to_string()),
+            ("deleteWhen", delete_when.join(";")),
+            (
+                "fileReservedTime",
+                st.retention.file_reserved_hours().to_string(),
+            ),
+            (
+                "diskMaxUsedSpaceRatio",
+                st.retention.disk_max_used_space_ratio().to_string(),
+            ),
+            ("flushDiskType", flush.into()),
+            ("mappedFileSizeCommitLog", st.segment_size.to_string()),
+            (
+                "mappedFileSizeConsumeQueue",
+                (st.cq_entries_per_file * 20).to_string(),
+            ),
+            ("maxMessageSize", st.max_message_size.to_string()),
+            ("flushIntervalCommitLog", st.flush_interval_ms.to_string()),
+            (
+                "flushIntervalConsumeQueue",
+                st.flush_cq_interval_ms.to_string(),
+            ),
+            ("syncFlushTimeout", st.sync_flush_timeout_ms.to_string()),
+            (
+                "cleanResourceInterval",
+                st.clean_resource_interval_ms.to_string(),
+            ),
+            ("messageIndexEnable", st.message_index_enable.to_string()),
+            ("maxHashSlotNum", st.index_slots.to_string()),
+            ("maxIndexNum", st.index_max_entries.to_string()),
+            ("warmMapedFileEnable", st.warms_segments().to_string()),
+            ("shards", st.shards.to_string()),
+            ("pinShards", st.pin_shards.to_string()),
+            ("shardSpinMicros", st.spin_before_park_us.to_string()),
+        ];
+        kv.iter().map(|(k, v)| format!("{k}={v}\n")).collect()
+    }
+}
+
+/// Keys UPDATE_BROKER_CONFIG may change on a running broker; the others are read at start.
+pub const LIVE_KEYS: &[&str] = &["deleteWhen", "fileReservedTime", "diskMaxUsedSpaceRatio"];
+
+/// Sets `p` on `r` if it is one of the retention keys; `Ok(false)` if it is not.
+fn apply_retention(r: &Retention, p: &Property, file: &str) -> Result<bool, ConfigError> {
+    match p.key.as_str() {
+        "deleteWhen" => {
+            r.set_delete_when(&parse_delete_when(&p.value).map_err(|m| bad(p, file, m))?)
+        }
+        "fileReservedTime" => r.set_file_reserved_hours(value(p, file)?),
+        "diskMaxUsedSpaceRatio" => r.set_disk_max_used_space_ratio(value::<u8>(p, file)?.min(100)),
+        _ => return Ok(false),
+    }
+    Ok(true)
 }
 
 fn bad(p: &Property, file: &str, msg: String) -> ConfigError {
@@ -235,7 +372,45 @@ fn bad(p: &Property, file: &str, msg: String) -> ConfigError {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::parse_properties;
+
+    #[test]
+    fn properties_written_are_read_back_alike() {
+        let mut c = BrokerConfig::default();
+        let text = "brokerName=b1\nlistenPort=12000\ndeleteWhen=04;16\nfileReservedTime=5\n\
+                    flushDiskType=SYNC_FLUSH\nbrokerRole=SYNC_MASTER\nshards=2\n\
+                    namesrvAddr=127.0.0.1:1;127.0.0.1:2\nwarmMapedFileEnable=false\n";
+        c.apply(&parse_properties(text, "x").unwrap(), "x").unwrap();
+        let out = c.to_properties();
+        for line in text.lines() {
+            assert!(out.lines().any(|l| l == line), "{line} not in\n{out}");
+        }
+        let mut d = BrokerConfig::default();
+        d.apply(&parse_properties(&out, "y").unwrap(), "y").unwrap();
+        assert_eq!(d.to_properties(), out);
+    }
+
+    #[test]
+    fn live_update_changes_retention_for_every_clone_or_nothing() {
+        let c = BrokerConfig::default();
+        let shard_view = c.store.clone();
+        let applied = c
+            .update_live("fileReservedTime=0\ndeleteWhen=01;13\n")
+            .unwrap();
+        assert_eq!(applied, vec!["fileReservedTime=0", "deleteWhen=01;13"]);
+        assert_eq!(shard_view.retention.file_reserved_hours(), 0);
+        assert_eq!(shard_view.retention.delete_when(), vec![1, 13]);
+        // A bad value or a key that needs a restart: nothing changes, and the reason names it.
+        let e = c
+            .update_live("fileReservedTime=7\ndeleteWhen=25\n")
+            .unwrap_err();
+        assert!(e.contains("deleteWhen"), "{e}");
+        let e = c
+            .update_live("fileReservedTime=7\nlistenPort=1\n")
+            .unwrap_err();
+        assert!(e.contains("listenPort") && e.contains("restart"), "{e}");
+        assert_eq!(shard_view.retention.file_reserved_hours(), 0);
+        assert_eq!(shard_view.retention.delete_when(), vec![1, 13]);
+    }
 
     #[test]
     fn seed_properties_are_accepted() {
@@ -263,7 +438,7 @@ mod tests {
             c.store.commitlog_dir,
             Path::new("/home/u/store-s/commitlog")
         );
-        assert_eq!(c.store.file_reserved_hours, 48);
+        assert_eq!(c.store.retention.file_reserved_hours(), 48);
     }
 
     #[test]

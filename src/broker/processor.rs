@@ -342,6 +342,24 @@ pub async fn process(
             r
         }
         request::GET_BROKER_RUNTIME_INFO => runtime_info(h, &req).await,
+        request::UPDATE_BROKER_CONFIG => {
+            match h
+                .broker
+                .cfg
+                .update_live(&String::from_utf8_lossy(&req.body))
+            {
+                Ok(applied) => {
+                    log::info!("broker config updated: {}", applied.join(", "));
+                    resp(&req, response::SUCCESS, None)
+                }
+                Err(e) => resp(&req, response::SYSTEM_ERROR, e),
+            }
+        }
+        request::GET_BROKER_CONFIG => {
+            let mut r = resp(&req, response::SUCCESS, None);
+            r.body = Bytes::from(h.broker.cfg.to_properties());
+            r
+        }
         request::GET_TOPIC_STATS_INFO => topic_stats(h, &req).await,
         request::GET_CONSUME_STATS => consume_stats(h, &req).await,
         request::QUERY_MESSAGE => query_message(h, &req).await,

@@ -2,6 +2,7 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
 
 use super::error::{Result, StoreError};
@@ -38,6 +39,58 @@ pub fn system_clock() -> Clock {
             .map(|d| d.as_millis() as i64)
             .unwrap_or(0)
     })
+}
+
+/// Retention settings that may change while the store runs (UPDATE_BROKER_CONFIG). Every
+/// shard reads them at each retention tick.
+#[derive(Debug)]
+pub struct Retention {
+    /// Bit `h` set: hour `h` (local time) is a `deleteWhen` hour.
+    delete_when: AtomicU32,
+    file_reserved_hours: AtomicU64,
+    disk_max_used_space_ratio: AtomicU8,
+}
+
+impl Retention {
+    /// `delete_when` hours (0–23; others are ignored), `fileReservedTime` in hours,
+    /// `diskMaxUsedSpaceRatio` in percent.
+    pub fn new(delete_when: &[u8], file_reserved_hours: u64, disk_ratio: u8) -> Arc<Retention> {
+        let r = Retention {
+            delete_when: AtomicU32::new(0),
+            file_reserved_hours: AtomicU64::new(file_reserved_hours),
+            disk_max_used_space_ratio: AtomicU8::new(disk_ratio),
+        };
+        r.set_delete_when(delete_when);
+        Arc::new(r)
+    }
+    /// `deleteWhen` hours, ascending.
+    pub fn delete_when(&self) -> Vec<u8> {
+        let bits = self.delete_when.load(Ordering::Relaxed);
+        (0..24u8).filter(|h| bits & (1 << h) != 0).collect()
+    }
+    pub fn is_delete_hour(&self, hour: u8) -> bool {
+        hour < 24 && self.delete_when.load(Ordering::Relaxed) & (1 << hour) != 0
+    }
+    pub fn set_delete_when(&self, hours: &[u8]) {
+        let bits = hours
+            .iter()
+            .filter(|h| **h < 24)
+            .fold(0u32, |b, h| b | (1 << h));
+        self.delete_when.store(bits, Ordering::Relaxed);
+    }
+    pub fn file_reserved_hours(&self) -> u64 {
+        self.file_reserved_hours.load(Ordering::Relaxed)
+    }
+    pub fn set_file_reserved_hours(&self, hours: u64) {
+        self.file_reserved_hours.store(hours, Ordering::Relaxed);
+    }
+    pub fn disk_max_used_space_ratio(&self) -> u8 {
+        self.disk_max_used_space_ratio.load(Ordering::Relaxed)
+    }
+    pub fn set_disk_max_used_space_ratio(&self, percent: u8) {
+        self.disk_max_used_space_ratio
+            .store(percent, Ordering::Relaxed);
+    }
 }
 
 /// Everything the store needs; [`StoreConfig::new`] gives upstream's defaults.
@@ -93,12 +146,9 @@ pub struct StoreConfig {
     pub index_max_entries: u32,
     /// `maxMsgsNumBatch`: cap of a query by key.
     pub max_msgs_num_batch: usize,
-    /// `deleteWhen` hours (local time), from `"04"` or `"04;16"`.
-    pub delete_when: Vec<u8>,
-    /// `fileReservedTime` in hours.
-    pub file_reserved_hours: u64,
-    /// `diskMaxUsedSpaceRatio` in percent.
-    pub disk_max_used_space_ratio: u8,
+    /// `deleteWhen`, `fileReservedTime`, `diskMaxUsedSpaceRatio`: shared by every clone of
+    /// this config (so every shard), and changeable while the store runs.
+    pub retention: Arc<Retention>,
     /// `cleanResourceInterval` in ms.
     pub clean_resource_interval_ms: u64,
     /// Pause between two file deletions, so deletion never stalls appends
@@ -155,9 +205,7 @@ impl StoreConfig {
             index_slots: 5_000_000,
             index_max_entries: 20_000_000,
             max_msgs_num_batch: 64,
-            delete_when: vec![4],
-            file_reserved_hours: 72,
-            disk_max_used_space_ratio: 75,
+            retention: Retention::new(&[4], 72, 75),
             clean_resource_interval_ms: 10_000,
             delete_files_interval_ms: 100,
             store_host: SocketAddr::from(([127, 0, 0, 1], 10911)),
@@ -237,6 +285,21 @@ pub fn parse_delete_when(s: &str) -> std::result::Result<Vec<u8>, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn retention_settings_are_shared_by_clones_and_change_live() {
+        let a = StoreConfig::new(std::path::Path::new("/tmp/x"));
+        let b = a.clone();
+        assert_eq!(a.retention.delete_when(), vec![4]);
+        assert!(a.retention.is_delete_hour(4) && !a.retention.is_delete_hour(5));
+        b.retention.set_delete_when(&[23, 0, 16, 24, 99]);
+        assert_eq!(a.retention.delete_when(), vec![0, 16, 23]);
+        assert!(!a.retention.is_delete_hour(24));
+        b.retention.set_file_reserved_hours(0);
+        b.retention.set_disk_max_used_space_ratio(90);
+        assert_eq!(a.retention.file_reserved_hours(), 0);
+        assert_eq!(a.retention.disk_max_used_space_ratio(), 90);
+    }
 
     #[test]
     fn delete_when_forms() {

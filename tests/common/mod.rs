@@ -22,7 +22,7 @@ pub fn small_config(root: &Path, shards: usize) -> StoreConfig {
     c.flush_cq_interval_ms = 50;
     c.clean_resource_interval_ms = 3_600_000;
     c.delete_files_interval_ms = 1;
-    c.delete_when = vec![];
+    c.retention.set_delete_when(&[]);
     c
 }
 
