@@ -202,7 +202,7 @@ fn bench_config(dir: &Path, shards: usize, mode: FlushDiskType) -> StoreConfig {
     c.warm_segments = WARM.get().copied().flatten();
     c.shards = shards;
     c.flush_disk_type = mode;
-    c.delete_when = vec![];
+    c.retention.set_delete_when(&[]);
     c
 }
 
