@@ -878,8 +878,20 @@ fn retention_settings_change_while_running() {
     let text = String::from_utf8_lossy(&r.body).into_owned();
     assert!(text.lines().any(|l| l == "fileReservedTime=0"), "{text}");
     assert!(text.lines().any(|l| l == "mappedFileSizeCommitLog=262144"));
-    let (ok, out, _) = mqadmin(&["getBrokerConfig", "-b", &addr]);
-    assert!(ok && out.starts_with(&format!("============{addr}============")));
+    // The seed-style wrapper runs the same binary.
+    let bin = std::path::Path::new(env!("CARGO_BIN_EXE_mqadmin"));
+    let out = std::process::Command::new(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/mqadmin"),
+    )
+    .args(["getBrokerConfig", "-b", &addr])
+    .env("COREMQ_BIN_DIR", bin.parent().unwrap())
+    .output()
+    .unwrap();
+    let out = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.starts_with(&format!("============{addr}============")),
+        "{out}"
+    );
     assert!(
         out.lines()
             .any(|l| l.starts_with("fileReservedTime ") && l.ends_with("=  0")),
