@@ -215,6 +215,26 @@ struct MatrixArgs {
     /// Only the cells whose name contains this.
     #[arg(long)]
     only: Option<String>,
+    /// More targets, `LABEL=ns:HOST:PORT` (a name server) or `LABEL=addr:HOST:PORT` (a
+    /// responder), measured interleaved: each repeat runs every cell against every leg in
+    /// turn, so drift of the shared machine falls on all legs alike and their ratios compare
+    /// figures of the same minutes. With legs, `-n`/`--addr`/`--label` are not used.
+    #[arg(long = "leg")]
+    legs: Vec<String>,
+}
+
+/// `LABEL=ns:HOST:PORT` or `LABEL=addr:HOST:PORT` as a label and a target like `base`.
+fn parse_leg(spec: &str, base: &Target) -> Result<(String, Target), String> {
+    let bad = || format!("--leg {spec:?}: expected LABEL=ns:HOST:PORT or LABEL=addr:HOST:PORT");
+    let (label, rest) = spec.split_once('=').ok_or_else(bad)?;
+    let (kind, at) = rest.split_once(':').ok_or_else(bad)?;
+    let mut t = base.clone();
+    match kind {
+        "ns" => (t.namesrv, t.addr) = (Some(at.to_string()), None),
+        "addr" => (t.namesrv, t.addr) = (None, Some(at.to_string())),
+        _ => return Err(bad()),
+    }
+    Ok((label.to_string(), t))
 }
 
 fn main() {
@@ -1622,50 +1642,73 @@ fn cells() -> Vec<(&'static str, usize, usize, Mode, usize, usize, u64)> {
 }
 
 fn run_matrix(a: &MatrixArgs) -> i32 {
-    if a.target.create && a.target.addr.is_none() {
-        if let Err(e) = create_topic(&a.target) {
-            eprintln!("mqbench: {e}");
-            return 2;
+    let legs: Vec<(String, Target)> = if a.legs.is_empty() {
+        vec![(a.label.clone(), a.target.clone())]
+    } else {
+        match a.legs.iter().map(|l| parse_leg(l, &a.target)).collect() {
+            Ok(l) => l,
+            Err(e) => {
+                eprintln!("mqbench: {e}");
+                return 2;
+            }
+        }
+    };
+    for (_, t) in &legs {
+        if t.create && t.addr.is_none() {
+            if let Err(e) = create_topic(t) {
+                eprintln!("mqbench: {e}");
+                return 2;
+            }
         }
     }
-    for (name, size, conns, mode, inflight, batch, rate) in cells() {
-        if a.only.as_deref().is_some_and(|o| !name.contains(o)) {
-            continue;
+    let cells: Vec<_> = cells()
+        .into_iter()
+        .filter(|c| a.only.as_deref().is_none_or(|o| c.0.contains(o)))
+        .collect();
+    // runs[cell][leg]: one summary per repeat.
+    let mut runs: Vec<Vec<Vec<Summary>>> = vec![vec![Vec::new(); legs.len()]; cells.len()];
+    for _ in 0..a.reps.max(1) {
+        for (ci, &(_, size, conns, mode, inflight, batch, rate)) in cells.iter().enumerate() {
+            for (li, (label, t)) in legs.iter().enumerate() {
+                let pa = ProducerArgs {
+                    target: Target {
+                        create: false,
+                        ..t.clone()
+                    },
+                    size,
+                    connections: conns,
+                    inflight,
+                    mode,
+                    batch,
+                    rate,
+                    duration: a.duration,
+                    topics: 1,
+                    warmup: a.warmup,
+                    json: None,
+                    label: label.clone(),
+                    quiet: true,
+                };
+                let s = run_producer(&pa, None);
+                print_summary(&s);
+                runs[ci][li].push(s);
+            }
         }
-        let mut runs = Vec::new();
-        for _ in 0..a.reps.max(1) {
-            let pa = ProducerArgs {
-                target: Target {
-                    create: false,
-                    ..a.target.clone()
-                },
-                size,
-                connections: conns,
-                inflight,
-                mode,
-                batch,
-                rate,
-                duration: a.duration,
-                topics: 1,
-                warmup: a.warmup,
-                json: None,
-                label: a.label.clone(),
-                quiet: true,
-            };
-            let s = run_producer(&pa, None);
-            print_summary(&s);
-            runs.push(s);
+    }
+    // The median run (by throughput) of each leg and cell, grouped by leg.
+    for li in 0..legs.len() {
+        for (ci, cell) in cells.iter().enumerate() {
+            let leg_runs = &mut runs[ci][li];
+            leg_runs.sort_by(|x, y| {
+                x.tps
+                    .partial_cmp(&y.tps)
+                    .unwrap_or(std::cmp::Ordering::Equal)
+            });
+            let med = leg_runs[leg_runs.len() / 2].clone();
+            let mut v = serde_json::to_value(&med).unwrap_or_default();
+            v["cell"] = json!(cell.0);
+            v["runs_tps"] = json!(leg_runs.iter().map(|r| r.tps).collect::<Vec<_>>());
+            append_json(Some(&a.json), &v);
         }
-        runs.sort_by(|x, y| {
-            x.tps
-                .partial_cmp(&y.tps)
-                .unwrap_or(std::cmp::Ordering::Equal)
-        });
-        let med = runs[runs.len() / 2].clone();
-        let mut v = serde_json::to_value(&med).unwrap_or_default();
-        v["cell"] = json!(name);
-        v["runs_tps"] = json!(runs.iter().map(|r| r.tps).collect::<Vec<_>>());
-        append_json(Some(&a.json), &v);
     }
     0
 }
@@ -1884,4 +1927,34 @@ fn verdict(results: &PathBuf) -> i32 {
         println!("| {name} | {figures} | {m} |");
     }
     0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn base() -> Target {
+        Target {
+            namesrv: Some("127.0.0.1:1".into()),
+            addr: None,
+            topic: "T".into(),
+            queues: 8,
+            create: true,
+        }
+    }
+
+    #[test]
+    fn legs_name_a_name_server_or_a_responder() {
+        let (l, t) = parse_leg("SYNC_FLUSH=ns:127.0.0.1:9876", &base()).unwrap();
+        assert_eq!(l, "SYNC_FLUSH");
+        assert_eq!(t.namesrv.as_deref(), Some("127.0.0.1:9876"));
+        assert!(t.addr.is_none() && t.create && t.topic == "T");
+        let (l, t) = parse_leg("responder=addr:127.0.0.1:19999", &base()).unwrap();
+        assert_eq!(l, "responder");
+        assert_eq!(t.addr.as_deref(), Some("127.0.0.1:19999"));
+        assert!(t.namesrv.is_none());
+        for bad in ["x", "x=127.0.0.1:1", "x=tcp:127.0.0.1:1"] {
+            assert!(parse_leg(bad, &base()).is_err(), "{bad}");
+        }
+    }
 }

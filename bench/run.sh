@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# The benchmark runner: builds release, measures the host's limits and the client's ceiling
-# (a do-nothing responder), starts a name server and a broker per flush mode, runs the
-# matrix (128 B, 1 KiB, 4 KiB; 1 and 64 connections; pipelined; batches), end-to-end
-# latency, many topics, and the trouble cases, then writes a markdown report with the
-# targets checked, to bench/results/run-<UTC time>.md (raw JSON lines beside it).
+# The benchmark runner: builds release, measures the host's limits, starts a do-nothing
+# responder (the client's ceiling) and an ASYNC_FLUSH and a SYNC_FLUSH broker (each with its
+# name server), runs the matrix (128 B, 1 KiB, 4 KiB; 1 and 64 connections; pipelined;
+# batches) against the three interleaved, then end-to-end latency, many topics and the
+# trouble cases on the ASYNC_FLUSH broker, and writes a markdown report with the targets
+# checked, to bench/results/run-<UTC time>.md (raw JSON lines beside it).
 #
 #   bench/run.sh [--secs 5] [--reps 1] [--dir target/bench-run] [--quick]
 #                [--other NAMESRV --other-name NAME]   # the same matrix against another broker
@@ -61,7 +62,8 @@ start_broker() {
   [ "${KEEP_PORT:-0}" = 1 ] || BROKER_PORT=$(free_port)
   local props=(-p brokerIP1=127.0.0.1 -p "listenPort=$BROKER_PORT" -p "storePathRootDir=$store")
   for kv in "$@"; do props+=(-p "$kv"); done
-  "$BIN/mqbroker" -n "$NS" "${props[@]}" --log-dir "$DIR/logs" >>"$DIR/broker.out" 2>&1 &
+  "$BIN/mqbroker" -n "${BROKER_NS:-$NS}" "${props[@]}" --log-dir "${BROKER_LOGS:-$DIR/logs}" \
+    >>"$DIR/broker.out" 2>&1 &
   BROKER_PID=$!
   PIDS+=("$BROKER_PID")
   wait_port "$BROKER_PORT"
@@ -77,79 +79,89 @@ log "host limits"
 ONLY=()
 [ "$QUICK" = 1 ] && ONLY=(--only 1KiB)
 
-log "client ceiling: the do-nothing responder"
+log "the matrix, interleaved: do-nothing responder (the client's ceiling), ASYNC_FLUSH, SYNC_FLUSH"
 RESP_PORT=$(free_port)
 "$MQB" responder --port "$RESP_PORT" >/dev/null &
 PIDS+=($!)
 wait_port "$RESP_PORT"
-"$MQB" matrix --addr "127.0.0.1:$RESP_PORT" --queues 8 -d "$SECS" --reps "$REPS" \
-  --label responder --json "$OUT" "${ONLY[@]}"
+# The SYNC_FLUSH broker registers with a name server of its own, so each topic's route
+# points at one broker.
+NS2_PORT=$(free_port)
+"$BIN/mqnamesrv" --listen-port "$NS2_PORT" --log-dir "$DIR/logs-sync" >"$DIR/namesrv2.out" 2>&1 &
+PIDS+=($!)
+wait_port "$NS2_PORT"
+FLUSH=SYNC_FLUSH
+rm -rf "$DIR/store-$FLUSH"
+BROKER_NS="127.0.0.1:$NS2_PORT" BROKER_LOGS="$DIR/logs-sync" start_broker "$DIR/store-$FLUSH" "flushDiskType=$FLUSH"
+SYNC_PID=$BROKER_PID
+FLUSH=ASYNC_FLUSH
+rm -rf "$DIR/store-$FLUSH"
+# A retention tick every second, so trouble (a) starts deleting soon after mqadmin asks.
+start_broker "$DIR/store-$FLUSH" "flushDiskType=$FLUSH" cleanResourceInterval=1000
+# Each repeat runs every cell against all three in turn: the ratios between them compare
+# figures of the same minutes on this shared machine.
+"$MQB" matrix -t BenchmarkTest --queues 8 --create -d "$SECS" --reps "$REPS" --json "$OUT" \
+  --leg "responder=addr:127.0.0.1:$RESP_PORT" --leg "ASYNC_FLUSH=ns:$NS" \
+  --leg "SYNC_FLUSH=ns:127.0.0.1:$NS2_PORT" "${ONLY[@]}"
+kill "$SYNC_PID" 2>/dev/null || true
+while kill -0 "$SYNC_PID" 2>/dev/null; do sleep 0.1; done
+rm -rf "$DIR/store-SYNC_FLUSH"
 
-for FLUSH in ASYNC_FLUSH SYNC_FLUSH; do
-  log "broker, $FLUSH"
-  rm -rf "$DIR/store-$FLUSH"
-  # A retention tick every second, so trouble (a) starts deleting soon after mqadmin asks.
-  start_broker "$DIR/store-$FLUSH" "flushDiskType=$FLUSH" cleanResourceInterval=1000
-  "$MQB" matrix -n "$NS" -t BenchmarkTest --queues 8 --create -d "$SECS" --reps "$REPS" \
-    --label "$FLUSH" --json "$OUT" "${ONLY[@]}"
-  if [ "$FLUSH" = ASYNC_FLUSH ]; then
-    log "end to end at 10,000 msg/s"
-    "$MQB" e2e -n "$NS" -t E2E --queues 8 --create -s 1024 -c 4 -m async -i 8 -r 10000 \
-      -d "$SECS" -w 1 --quiet --label ASYNC_FLUSH --json "$OUT"
-    log "catch-up of a cold backlog"
-    "$MQB" catchup -n "$NS" -t Backlog --queues 8 --create --gib 1 --json "$OUT"
-    log "many topics: 10,000 x 8 idle, then 1,000 active vs 1"
-    "$MQB" topics -n "$NS" -t Many --count 10000 --queues 8
-    sleep 2
-    RSS=$(awk '/VmRSS/ {print $2}' "/proc/$BROKER_PID/status")
-    echo "{\"kind\":\"rss\",\"topics\":10000,\"queues\":8,\"rss_kb\":$RSS}" >>"$OUT"
-    for T in 1000 1; do
-      SPREAD=(-t Many --topics "$T")
-      [ "$T" = 1 ] && SPREAD=(-t Many_0)
-      # A first pass creates the queues' files; the second is measured.
-      "$MQB" producer -n "$NS" "${SPREAD[@]}" -c 8 -i 16 -m async -d 2 -w 0 --quiet >/dev/null
-      "$MQB" producer -n "$NS" "${SPREAD[@]}" -c 8 -i 16 -m async -d "$SECS" -w 1 --quiet \
-        --label "topics:$T" --json "$OUT"
-    done
-
-    # Trouble: the same open-loop load (1 KiB, 4 conn x 8, 20,000 msg/s) quiet and in trouble.
-    LOAD=(-n "$NS" -t Trouble --queues 8 -s 1024 -c 4 -m async -i 8 -r 20000 -d "$SECS" -w 1 --quiet)
-    log "trouble: quiet (after an unmeasured run, so the many-topics work has settled)"
-    "$MQB" producer -n "$NS" -t Trouble --queues 8 --create -s 1024 -c 4 -m async -i 8 -r 20000 \
-      -d 3 -w 0 --quiet >/dev/null
-    "$MQB" producer "${LOAD[@]}" --label trouble:quiet --json "$OUT"
-    log "trouble (b): a consumer catches up the cold backlog meanwhile"
-    "$MQB" catchup -n "$NS" -t Backlog --gib 0 >/dev/null &
-    CATCHUP=$!
-    PIDS+=("$CATCHUP")
-    "$MQB" producer "${LOAD[@]}" --label trouble:catchup --json "$OUT" || true
-    wait "$CATCHUP" || true
-    log "trouble (a): expired files deleted while the load runs (fileReservedTime=0 through mqadmin)"
-    EVERY_HOUR=$(seq -f %02g -s ';' 0 23)
-    ( sleep 1
-      "$BIN/mqadmin" updateBrokerConfig -b "127.0.0.1:$BROKER_PORT" -k deleteWhen -v "$EVERY_HOUR"
-      "$BIN/mqadmin" updateBrokerConfig -b "127.0.0.1:$BROKER_PORT" -k fileReservedTime -v 0
-    ) >&2 &
-    PIDS+=($!)
-    "$MQB" producer "${LOAD[@]}" --label trouble:delete --json "$OUT" || true
-    grep -h "retention deleted\|deleting expired" "$DIR"/logs/broker*.log | tail -3 >&2 || true
-    "$BIN/mqadmin" updateBrokerConfig -b "127.0.0.1:$BROKER_PORT" -k fileReservedTime -v 72 >&2
-    log "trouble (c): restart after a clean stop, then after SIGKILL"
-    stop_broker
-    KEEP_PORT=1 start_broker "$DIR/store-$FLUSH" "flushDiskType=$FLUSH"
-    "$MQB" producer "${LOAD[@]}" --label trouble:restart --json "$OUT" || true
-    "$MQB" producer -n "$NS" -t Trouble -s 1024 -c 4 -m async -i 8 -d 3 -w 0 --quiet >/dev/null 2>&1 &
-    LOADER=$!
-    PIDS+=("$LOADER")
-    sleep 1.5
-    kill -9 "$BROKER_PID"
-    wait "$LOADER" 2>/dev/null || true
-    KEEP_PORT=1 start_broker "$DIR/store-$FLUSH" "flushDiskType=$FLUSH"
-    "$MQB" producer "${LOAD[@]}" --label trouble:recover --json "$OUT" || true
-  fi
-  stop_broker
-  rm -rf "$DIR/store-$FLUSH"
+log "end to end at 10,000 msg/s"
+"$MQB" e2e -n "$NS" -t E2E --queues 8 --create -s 1024 -c 4 -m async -i 8 -r 10000 \
+  -d "$SECS" -w 1 --quiet --label ASYNC_FLUSH --json "$OUT"
+log "catch-up of a cold backlog"
+"$MQB" catchup -n "$NS" -t Backlog --queues 8 --create --gib 1 --json "$OUT"
+log "many topics: 10,000 x 8 idle, then 1,000 active vs 1"
+"$MQB" topics -n "$NS" -t Many --count 10000 --queues 8
+sleep 2
+RSS=$(awk '/VmRSS/ {print $2}' "/proc/$BROKER_PID/status")
+echo "{\"kind\":\"rss\",\"topics\":10000,\"queues\":8,\"rss_kb\":$RSS}" >>"$OUT"
+for T in 1000 1; do
+  SPREAD=(-t Many --topics "$T")
+  [ "$T" = 1 ] && SPREAD=(-t Many_0)
+  # A first pass creates the queues' files; the second is measured.
+  "$MQB" producer -n "$NS" "${SPREAD[@]}" -c 8 -i 16 -m async -d 2 -w 0 --quiet >/dev/null
+  "$MQB" producer -n "$NS" "${SPREAD[@]}" -c 8 -i 16 -m async -d "$SECS" -w 1 --quiet \
+    --label "topics:$T" --json "$OUT"
 done
+
+# Trouble: the same open-loop load (1 KiB, 4 conn x 8, 20,000 msg/s) quiet and in trouble.
+LOAD=(-n "$NS" -t Trouble --queues 8 -s 1024 -c 4 -m async -i 8 -r 20000 -d "$SECS" -w 1 --quiet)
+log "trouble: quiet (after an unmeasured run, so the many-topics work has settled)"
+"$MQB" producer -n "$NS" -t Trouble --queues 8 --create -s 1024 -c 4 -m async -i 8 -r 20000 \
+  -d 3 -w 0 --quiet >/dev/null
+"$MQB" producer "${LOAD[@]}" --label trouble:quiet --json "$OUT"
+log "trouble (b): a consumer catches up the cold backlog meanwhile"
+"$MQB" catchup -n "$NS" -t Backlog --gib 0 >/dev/null &
+CATCHUP=$!
+PIDS+=("$CATCHUP")
+"$MQB" producer "${LOAD[@]}" --label trouble:catchup --json "$OUT" || true
+wait "$CATCHUP" || true
+log "trouble (a): expired files deleted while the load runs (fileReservedTime=0 through mqadmin)"
+EVERY_HOUR=$(seq -f %02g -s ';' 0 23)
+( sleep 1
+  "$BIN/mqadmin" updateBrokerConfig -b "127.0.0.1:$BROKER_PORT" -k deleteWhen -v "$EVERY_HOUR"
+  "$BIN/mqadmin" updateBrokerConfig -b "127.0.0.1:$BROKER_PORT" -k fileReservedTime -v 0
+) >&2 &
+PIDS+=($!)
+"$MQB" producer "${LOAD[@]}" --label trouble:delete --json "$OUT" || true
+grep -h "retention deleted\|deleting expired" "$DIR"/logs/broker*.log | tail -3 >&2 || true
+"$BIN/mqadmin" updateBrokerConfig -b "127.0.0.1:$BROKER_PORT" -k fileReservedTime -v 72 >&2
+log "trouble (c): restart after a clean stop, then after SIGKILL"
+stop_broker
+KEEP_PORT=1 start_broker "$DIR/store-$FLUSH" "flushDiskType=$FLUSH"
+"$MQB" producer "${LOAD[@]}" --label trouble:restart --json "$OUT" || true
+"$MQB" producer -n "$NS" -t Trouble -s 1024 -c 4 -m async -i 8 -d 3 -w 0 --quiet >/dev/null 2>&1 &
+LOADER=$!
+PIDS+=("$LOADER")
+sleep 1.5
+kill -9 "$BROKER_PID"
+wait "$LOADER" 2>/dev/null || true
+KEEP_PORT=1 start_broker "$DIR/store-$FLUSH" "flushDiskType=$FLUSH"
+"$MQB" producer "${LOAD[@]}" --label trouble:recover --json "$OUT" || true
+stop_broker
+rm -rf "$DIR/store-$FLUSH"
 
 if [ -n "$OTHER" ]; then
   log "the same matrix against $OTHER_NAME ($OTHER)"
