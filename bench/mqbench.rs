@@ -1663,7 +1663,7 @@ fn run_matrix(a: &MatrixArgs) -> i32 {
     }
     let cells: Vec<_> = cells()
         .into_iter()
-        .filter(|c| a.only.as_deref().is_none_or(|o| c.0.contains(o)))
+        .filter(|c| !a.only.as_deref().is_some_and(|o| !c.0.contains(o)))
         .collect();
     // runs[cell][leg]: one summary per repeat.
     let mut runs: Vec<Vec<Vec<Summary>>> = vec![vec![Vec::new(); legs.len()]; cells.len()];
@@ -1695,7 +1695,7 @@ fn run_matrix(a: &MatrixArgs) -> i32 {
         }
     }
     // The median run (by throughput) of each leg and cell, grouped by leg.
-    for li in 0..legs.len() {
+    for (li, _) in legs.iter().enumerate() {
         for (ci, cell) in cells.iter().enumerate() {
             let leg_runs = &mut runs[ci][li];
             leg_runs.sort_by(|x, y| {
