@@ -117,6 +117,15 @@ fn check_recovered(store: &Store, acked: &[(u32, u64, i64)]) {
             "queue {q} offset {qo} not in the consume queue"
         );
         assert_eq!(MessageRecord::decode(&g.messages[0]).unwrap().body, expect);
+        // And through the index (records past the last index flush are re-indexed).
+        let key = format!("k-{q}-{qo}");
+        let hits = block(store.query_by_key("CrashTest", &key, 4, 0, i64::MAX)).unwrap();
+        assert!(
+            hits.iter()
+                .any(|h| MessageRecord::decode(h).is_ok_and(|r| r.body == expect)),
+            "acked {q}/{qo} not found by its key {key} ({} hit(s))",
+            hits.len()
+        );
     }
     // No partial record, no orphan or dangling consume-queue entry.
     let v = block(store.verify()).unwrap();

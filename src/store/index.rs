@@ -350,13 +350,19 @@ impl IndexService {
         })
     }
 
-    /// End offset covered by the newest file (records at or below it are already indexed).
+    /// End offset of what is indexed (records at or below it are): the newest file with
+    /// entries says; -1 when no file has any.
     pub fn end_phy_offset(&self) -> i64 {
+        // Only a file with entries says where indexing got to: a new, empty first file's
+        // header reads 0, which is also the offset of shard 0's first record (recovery
+        // skipped re-indexing it when a crash came before the file's first flush).
         self.files
             .borrow()
-            .last()
-            .map(|f| f.header.get().end_phy_offset)
-            .unwrap_or(-1)
+            .iter()
+            .rev()
+            .map(|f| f.header.get())
+            .find(|h| h.index_count > 1)
+            .map_or(-1, |h| h.end_phy_offset)
     }
 
     async fn active_file(&self, now_ms: i64) -> Result<Rc<IndexFile>> {
@@ -517,6 +523,40 @@ impl IndexService {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A crash after the first index file was created but before anything was flushed to it
+    /// leaves a file whose header says offset 0: that must not count as "indexed up to 0",
+    /// or shard 0's first record is never re-indexed.
+    #[test]
+    fn an_empty_first_file_has_indexed_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path().to_path_buf();
+        glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
+            .io_memory(1 << 20)
+            .spawn(move || async move {
+                let layout = IndexLayout {
+                    slots: 100,
+                    max_entries: 10,
+                };
+                let ix = IndexService::open(d.clone(), layout).await.unwrap();
+                assert_eq!(ix.end_phy_offset(), -1, "no file");
+                ix.active_file(1_700_000_000_000).await.unwrap();
+                ix.flush(true).await.unwrap();
+                assert_eq!(ix.end_phy_offset(), -1, "an empty file");
+                drop(ix);
+                let ix = IndexService::open(d.clone(), layout).await.unwrap();
+                assert_eq!(ix.end_phy_offset(), -1, "an empty file, reopened");
+                let k: &[u8] = b"k";
+                ix.put(b"T", std::iter::once(k), 0, 1, 1_700_000_000_000)
+                    .await
+                    .unwrap();
+                assert_eq!(ix.end_phy_offset(), 0, "the record at offset 0");
+                assert_eq!(ix.query(b"T", b"k", 4, 0, i64::MAX).await.unwrap(), vec![0]);
+            })
+            .unwrap()
+            .join()
+            .unwrap();
+    }
 
     #[test]
     fn slot_table_coalesces_dirty_pages() {
