@@ -337,11 +337,33 @@ impl ShardStore {
             retention_lock: Cell::new(false),
         });
         if let Some(ix) = &shard.index {
-            for (pos, size) in to_index {
-                let rec = shard.log.read(pos, size as usize).await?;
-                if let Ok(v) = RecordView::parse(&rec) {
-                    shard.index_record(ix, &v).await?;
+            // Read back in windows of consecutive records: one DMA read per record made
+            // re-indexing 55k records take 5.5 s here.
+            const WINDOW: u64 = 8 << 20;
+            let seg_size = shard.log.segment_size();
+            let mut rest = &to_index[..];
+            while let Some(&(start, first_size)) = rest.first() {
+                let limit = (start + WINDOW).min((start / seg_size + 1) * seg_size);
+                let n = rest
+                    .iter()
+                    .take_while(|(p, sz)| p + *sz as u64 <= limit)
+                    .count()
+                    .max(1);
+                let (batch, tail) = rest.split_at(n);
+                let end = batch
+                    .last()
+                    .map_or(start + first_size as u64, |(p, sz)| p + *sz as u64);
+                let window = shard.log.read(start, (end - start) as usize).await?;
+                for &(pos, size) in batch {
+                    let at = (pos - start) as usize;
+                    let Some(rec) = window.get(at..at + size as usize) else {
+                        continue;
+                    };
+                    if let Ok(v) = RecordView::parse(rec) {
+                        shard.index_record(ix, &v).await?;
+                    }
                 }
+                rest = tail;
             }
         }
         // Make the repaired state durable before serving.
