@@ -171,6 +171,9 @@ impl Store {
         };
         let mut threads = Vec::with_capacity(n);
         let (ready_tx, ready_rx) = flume::unbounded::<(usize, Result<()>)>();
+        // Services (the broker's listeners) start once every shard is open: a shard that
+        // opened early must not accept requests for queues of one still recovering.
+        let (go_tx, go_rx) = flume::unbounded::<()>();
         let cores = std::thread::available_parallelism()
             .map(|c| c.get())
             .unwrap_or(1);
@@ -179,7 +182,7 @@ impl Store {
             let shard_cp = cp.as_ref().and_then(|c| c.shards.get(i).copied());
             let cfg = cfg.clone();
             let ready = ready_tx.clone();
-            let (service, router) = (service.clone(), router.clone());
+            let (service, router, go) = (service.clone(), router.clone(), go_rx.clone());
             let placement = if cfg.pin_shards {
                 glommio::Placement::Fixed(i % cores)
             } else {
@@ -202,7 +205,13 @@ impl Store {
                         }
                     };
                     if let Some(svc) = service {
-                        glommio::spawn_local(svc(shard.clone(), router)).detach();
+                        let s = shard.clone();
+                        glommio::spawn_local(async move {
+                            if go.recv_async().await.is_ok() {
+                                svc(s, router).await;
+                            }
+                        })
+                        .detach();
                     }
                     serve(shard, rx).await;
                 })
@@ -239,8 +248,12 @@ impl Store {
         }
         if let Some(e) = first_err {
             // Keep `abort`: the shards that did open are closed, but the store is not clean.
+            drop(go_tx);
             let _ = store.close_shards();
             return Err(e);
+        }
+        for _ in 0..n {
+            let _ = go_tx.send(());
         }
         Ok(store)
     }
