@@ -513,10 +513,16 @@ impl Broker {
         r
     }
 
-    /// Registers with every name server (REGISTER_BROKER).
-    pub async fn register_all(&self) {
+    /// Registers with every name server (REGISTER_BROKER). The body lists every topic's
+    /// config (megabytes with tens of thousands of topics), so it is built once, on a
+    /// blocking thread: building it on the shard stalled the shard's requests for tens of ms.
+    pub async fn register_all(self: &Arc<Self>) {
+        let me = self.clone();
+        let req = glommio::executor()
+            .spawn_blocking(move || me.register_request(request::REGISTER_BROKER))
+            .await;
         for addr in &self.cfg.namesrv_addrs {
-            match call(addr, self.register_request(request::REGISTER_BROKER)).await {
+            match call(addr, req.clone()).await {
                 Ok(r) if r.code == 0 => log::debug!("registered with name server {addr}"),
                 Ok(r) => log::warn!("name server {addr} refused registration: {:?}", r.remark),
                 Err(e) => log::warn!("cannot register with name server {addr}: {e}"),
