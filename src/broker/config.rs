@@ -6,7 +6,7 @@ use std::path::Path;
 
 use crate::config::{parse_properties, read_properties, value, ConfigError, Property};
 use crate::logging::expand_tilde;
-use crate::store::config::{parse_delete_when, Retention};
+use crate::store::config::{format_delete_when, parse_delete_when, Retention};
 use crate::store::{FlushDiskType, StoreConfig};
 
 /// `brokerRole`.
@@ -17,17 +17,28 @@ pub enum BrokerRole {
     Slave,
 }
 
+impl BrokerRole {
+    /// The property value, as `conf/*.properties` spell it.
+    pub fn name(self) -> &'static str {
+        match self {
+            BrokerRole::AsyncMaster => "ASYNC_MASTER",
+            BrokerRole::SyncMaster => "SYNC_MASTER",
+            BrokerRole::Slave => "SLAVE",
+        }
+    }
+}
+
 impl std::str::FromStr for BrokerRole {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "ASYNC_MASTER" => Ok(BrokerRole::AsyncMaster),
-            "SYNC_MASTER" => Ok(BrokerRole::SyncMaster),
-            "SLAVE" => Ok(BrokerRole::Slave),
-            o => Err(format!(
-                "unknown brokerRole {o:?} (ASYNC_MASTER, SYNC_MASTER or SLAVE)"
-            )),
-        }
+        [
+            BrokerRole::AsyncMaster,
+            BrokerRole::SyncMaster,
+            BrokerRole::Slave,
+        ]
+        .into_iter()
+        .find(|r| r.name() == s)
+        .ok_or_else(|| format!("unknown brokerRole {s:?} (ASYNC_MASTER, SYNC_MASTER or SLAVE)"))
     }
 }
 
@@ -227,15 +238,7 @@ impl BrokerConfig {
     pub fn update_live(&self, text: &str) -> Result<Vec<String>, String> {
         const SRC: &str = "UPDATE_BROKER_CONFIG";
         let props = parse_properties(text, SRC).map_err(|e| e.to_string())?;
-        if let Some(p) = props.iter().find(|p| !LIVE_KEYS.contains(&p.key.as_str())) {
-            return Err(format!(
-                "{} cannot be changed while the broker runs (these can: {}); set it in the \
-                 broker's properties and restart",
-                p.key,
-                LIVE_KEYS.join(", ")
-            ));
-        }
-        // Validated on a copy first, so a bad value leaves everything as it was.
+        // Applied to a copy first, so a bad value or key leaves everything as it was.
         let live = &self.store.retention;
         let scratch = Retention::new(
             &live.delete_when(),
@@ -243,7 +246,14 @@ impl BrokerConfig {
             live.disk_max_used_space_ratio(),
         );
         for p in &props {
-            apply_retention(&scratch, p, SRC).map_err(|e| e.to_string())?;
+            if !apply_retention(&scratch, p, SRC).map_err(|e| e.to_string())? {
+                return Err(format!(
+                    "{} cannot be changed while the broker runs (these can: {}); set it in \
+                     the broker's properties and restart",
+                    p.key,
+                    LIVE_KEYS.join(", ")
+                ));
+            }
         }
         live.set_delete_when(&scratch.delete_when());
         live.set_file_reserved_hours(scratch.file_reserved_hours());
@@ -258,26 +268,11 @@ impl BrokerConfig {
     /// [`BrokerConfig::apply`] reads (live changes included).
     pub fn to_properties(&self) -> String {
         let st = &self.store;
-        let role = match self.broker_role {
-            BrokerRole::AsyncMaster => "ASYNC_MASTER",
-            BrokerRole::SyncMaster => "SYNC_MASTER",
-            BrokerRole::Slave => "SLAVE",
-        };
-        let flush = match st.flush_disk_type {
-            FlushDiskType::AsyncFlush => "ASYNC_FLUSH",
-            FlushDiskType::SyncFlush => "SYNC_FLUSH",
-        };
-        let delete_when: Vec<String> = st
-            .retention
-            .delete_when()
-            .iter()
-            .map(|h| format!("{h:02}"))
-            .collect();
         let kv: Vec<(&str, String)> = vec![
             ("brokerClusterName", self.cluster_name.clone()),
             ("brokerName", self.broker_name.clone()),
             ("brokerId", self.broker_id.to_string()),
-            ("brokerRole", role.into()),
+            ("brokerRole", self.broker_role.name().into()),
             ("namesrvAddr", self.namesrv_addrs.join(";")),
             ("listenPort", self.listen_port.to_string()),
             ("brokerIP1", self.broker_ip1.to_string()),
@@ -307,7 +302,10 @@ impl BrokerConfig {
             ),
             ("storePathRootDir", st.root.display().to_string()),
             ("storePathCommitLog", st.commitlog_dir.display().to_string()),
-            ("deleteWhen", delete_when.join(";")),
+            (
+                "deleteWhen",
+                format_delete_when(&st.retention.delete_when()),
+            ),
             (
                 "fileReservedTime",
                 st.retention.file_reserved_hours().to_string(),
@@ -316,7 +314,7 @@ impl BrokerConfig {
                 "diskMaxUsedSpaceRatio",
                 st.retention.disk_max_used_space_ratio().to_string(),
             ),
-            ("flushDiskType", flush.into()),
+            ("flushDiskType", st.flush_disk_type.name().into()),
             ("mappedFileSizeCommitLog", st.segment_size.to_string()),
             (
                 "mappedFileSizeConsumeQueue",
@@ -345,7 +343,8 @@ impl BrokerConfig {
     }
 }
 
-/// Keys UPDATE_BROKER_CONFIG may change on a running broker; the others are read at start.
+/// Keys UPDATE_BROKER_CONFIG may change on a running broker (those [`apply_retention`]
+/// sets); the others are read at start.
 pub const LIVE_KEYS: &[&str] = &["deleteWhen", "fileReservedTime", "diskMaxUsedSpaceRatio"];
 
 /// Sets `p` on `r` if it is one of the retention keys; `Ok(false)` if it is not.

@@ -16,16 +16,26 @@ pub enum FlushDiskType {
     SyncFlush,
 }
 
+impl FlushDiskType {
+    /// The property value, as `conf/*.properties` spell it.
+    pub fn name(self) -> &'static str {
+        match self {
+            FlushDiskType::AsyncFlush => "ASYNC_FLUSH",
+            FlushDiskType::SyncFlush => "SYNC_FLUSH",
+        }
+    }
+}
+
 impl std::str::FromStr for FlushDiskType {
     type Err = String;
     fn from_str(s: &str) -> std::result::Result<Self, String> {
-        match s.trim() {
-            "ASYNC_FLUSH" => Ok(FlushDiskType::AsyncFlush),
-            "SYNC_FLUSH" => Ok(FlushDiskType::SyncFlush),
-            other => Err(format!(
-                "unknown flushDiskType {other:?} (expected ASYNC_FLUSH or SYNC_FLUSH)"
-            )),
-        }
+        let s = s.trim();
+        [FlushDiskType::AsyncFlush, FlushDiskType::SyncFlush]
+            .into_iter()
+            .find(|f| f.name() == s)
+            .ok_or_else(|| {
+                format!("unknown flushDiskType {s:?} (expected ASYNC_FLUSH or SYNC_FLUSH)")
+            })
     }
 }
 
@@ -282,6 +292,15 @@ pub fn parse_delete_when(s: &str) -> std::result::Result<Vec<u8>, String> {
         .collect()
 }
 
+/// Writes `deleteWhen` as [`parse_delete_when`] reads it: `04;16`.
+pub fn format_delete_when(hours: &[u8]) -> String {
+    hours
+        .iter()
+        .map(|h| format!("{h:02}"))
+        .collect::<Vec<_>>()
+        .join(";")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -303,6 +322,12 @@ mod tests {
 
     #[test]
     fn delete_when_forms() {
+        assert_eq!(format_delete_when(&[4, 16]), "04;16");
+        assert_eq!(
+            parse_delete_when(&format_delete_when(&[0, 9, 23])).unwrap(),
+            vec![0, 9, 23]
+        );
+        assert_eq!(format_delete_when(&[]), "");
         assert_eq!(parse_delete_when("04").unwrap(), vec![4]);
         assert_eq!(parse_delete_when("04;16").unwrap(), vec![4, 16]);
         assert!(parse_delete_when("25").is_err());
