@@ -1046,20 +1046,19 @@ impl CommitLog {
                 Ok::<(), StoreError>(())
             }
             .await;
-            let mut st = self.st.borrow_mut();
-            st.zeroing = None;
-            match result {
-                Ok(()) => st.zeroed = end,
-                Err(e) => {
-                    // Not fatal: appends still work on unwarmed blocks, only slower.
-                    log::warn!("shard {}: stopping segment warming: {e}", self.shard);
-                    drop(st);
-                    self.changed.notify_all();
-                    return;
+            {
+                let mut st = self.st.borrow_mut();
+                st.zeroing = None;
+                if result.is_ok() {
+                    st.zeroed = end;
                 }
             }
-            drop(st);
             self.changed.notify_all();
+            if let Err(e) = result {
+                // Not fatal: appends still work on unwarmed blocks, only slower.
+                log::warn!("shard {}: stopping segment warming: {e}", self.shard);
+                return;
+            }
         }
     }
 

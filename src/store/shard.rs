@@ -342,7 +342,7 @@ impl ShardStore {
             const WINDOW: u64 = 8 << 20;
             let seg_size = shard.log.segment_size();
             let mut rest = &to_index[..];
-            while let Some(&(start, first_size)) = rest.first() {
+            while let Some(&(start, _)) = rest.first() {
                 let limit = (start + WINDOW).min((start / seg_size + 1) * seg_size);
                 let n = rest
                     .iter()
@@ -350,9 +350,7 @@ impl ShardStore {
                     .count()
                     .max(1);
                 let (batch, tail) = rest.split_at(n);
-                let end = batch
-                    .last()
-                    .map_or(start + first_size as u64, |(p, sz)| p + *sz as u64);
+                let end = batch.last().map_or(start, |(p, sz)| p + *sz as u64);
                 let window = shard.log.read(start, (end - start) as usize).await?;
                 for &(pos, size) in batch {
                     let at = (pos - start) as usize;
