@@ -92,10 +92,6 @@ pub async fn raw_read(path: PathBuf, total: u64, block: usize) -> f64 {
     total as f64 / start.elapsed().as_secs_f64() / 1e6
 }
 
-fn align_up_4k(v: u64) -> u64 {
-    v.div_ceil(4096) * 4096
-}
-
 pub async fn raw_fsync(path: PathBuf, n: usize) -> (f64, f64) {
     let _ = std::fs::remove_file(&path);
     let f = OpenOptions::new()
@@ -109,8 +105,7 @@ pub async fn raw_fsync(path: PathBuf, n: usize) -> (f64, f64) {
     // Written once first: the limit is a durable rewrite of mapped blocks, as the store's
     // warmed segments give it (a first write to fallocated space also commits an extent
     // conversion, which is slower).
-    let span = align_up_4k(n as u64 * 4096) as usize;
-    let mut z = f.alloc_dma_buffer(span);
+    let mut z = f.alloc_dma_buffer(n * 4096);
     z.as_bytes_mut().fill(0);
     f.write_at(z, 0).await.expect("write");
     f.fdatasync().await.expect("fdatasync");

@@ -1663,10 +1663,10 @@ fn run_matrix(a: &MatrixArgs) -> i32 {
     }
     let cells: Vec<_> = cells()
         .into_iter()
-        .filter(|c| !a.only.as_deref().is_some_and(|o| !c.0.contains(o)))
+        .filter(|c| a.only.as_deref().map_or(true, |o| c.0.contains(o)))
         .collect();
-    // runs[cell][leg]: one summary per repeat.
-    let mut runs: Vec<Vec<Vec<Summary>>> = vec![vec![Vec::new(); legs.len()]; cells.len()];
+    // runs[leg][cell]: one summary per repeat.
+    let mut runs: Vec<Vec<Vec<Summary>>> = vec![vec![Vec::new(); cells.len()]; legs.len()];
     for _ in 0..a.reps.max(1) {
         for (ci, &(_, size, conns, mode, inflight, batch, rate)) in cells.iter().enumerate() {
             for (li, (label, t)) in legs.iter().enumerate() {
@@ -1690,14 +1690,13 @@ fn run_matrix(a: &MatrixArgs) -> i32 {
                 };
                 let s = run_producer(&pa, None);
                 print_summary(&s);
-                runs[ci][li].push(s);
+                runs[li][ci].push(s);
             }
         }
     }
     // The median run (by throughput) of each leg and cell, grouped by leg.
-    for (li, _) in legs.iter().enumerate() {
-        for (ci, cell) in cells.iter().enumerate() {
-            let leg_runs = &mut runs[ci][li];
+    for leg in &mut runs {
+        for (cell, leg_runs) in cells.iter().zip(leg) {
             leg_runs.sort_by(|x, y| {
                 x.tps
                     .partial_cmp(&y.tps)
