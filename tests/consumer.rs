@@ -473,6 +473,12 @@ fn lite_pull_assign_poll_seek_and_manual_commit() {
         );
     }
     assert_eq!(got, (50..60).collect::<Vec<i64>>());
+    // Rebalance adds queues one at a time (each after a start-offset lookup, retried at the
+    // next rebalance if it fails), so queue 0 can deliver before queue 1 is owned.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while c.assignment().len() < 2 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
     assert_eq!(c.assignment().len(), 2);
     c.shutdown();
     let check = LitePullConsumer::start("LG", Some(&ns), quick()).unwrap();
