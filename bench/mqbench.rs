@@ -5,8 +5,9 @@
 //!   (sync = 1, async = M, oneway = no answers), single messages or batches, optionally at a
 //!   fixed total rate (open loop: latency is measured from when a send was due, so a stall
 //!   is not hidden by coordinated omission).
-//! - `consumer`: pulls every queue of a topic, from the end (or the start), and measures
-//!   born-to-consume latency from a microsecond timestamp the producer puts in each body.
+//! - `consumer`: pulls every queue of a topic with long polling, from the end (or the
+//!   start), and measures born-to-consume latency from a microsecond timestamp the producer
+//!   puts in each body.
 //! - `e2e`: both at once.
 //! - `catchup`: writes a backlog, then reads it all back from the start; MB/s.
 //! - `responder`: a do-nothing server that answers every send at once: the client's ceiling.
@@ -15,6 +16,10 @@
 //!
 //! Prints a line per second (TPS, MB/s, RT avg/max) and a summary with hdrhistogram
 //! percentiles; `--json FILE` appends the summary as one JSON line.
+//!
+//! Connections are served by event loops (`driver.rs`, one thread by default), not a thread
+//! each: on a host whose cores the broker shares, a thread per connection made the client's
+//! own context switches part of every latency it reported.
 //!
 //! Requests are built once per queue with the ROCKETMQ header codec, whose fields have fixed
 //! positions; each send copies the template and patches opaque, born timestamp, `UNIQ_KEY`
@@ -41,6 +46,7 @@ use coremq::protocol::{frame, HeaderCodec, RemotingCommand};
 use hdrhistogram::Histogram;
 use serde_json::json;
 
+mod driver;
 mod limits;
 
 #[derive(Parser)]
@@ -132,9 +138,13 @@ struct ProducerArgs {
     /// Body size in bytes.
     #[arg(short = 's', long, default_value_t = 1024)]
     size: usize,
-    /// Producer connections (each on its own thread).
+    /// Producer connections.
     #[arg(short = 'c', long, default_value_t = 1)]
     connections: usize,
+    /// Threads serving the connections, each an event loop over its share (the client
+    /// should cost little of the cores it shares with the broker).
+    #[arg(long, default_value_t = 1)]
+    threads: usize,
     /// Requests in flight per connection (async mode).
     #[arg(short = 'i', long, default_value_t = 1)]
     inflight: usize,
@@ -215,6 +225,9 @@ struct MatrixArgs {
     /// Only the cells whose name contains this.
     #[arg(long)]
     only: Option<String>,
+    /// Client threads per cell (see `producer --threads`).
+    #[arg(long, default_value_t = 1)]
+    threads: usize,
     /// More targets, `LABEL=ns:HOST:PORT` (a name server) or `LABEL=addr:HOST:PORT` (a
     /// responder), measured interleaved: each repeat runs every cell against every leg in
     /// turn, so drift of the shared machine falls on all legs alike and their ratios compare
@@ -754,7 +767,8 @@ fn run_producer(a: &ProducerArgs, e2e: Option<&Arc<Live>>) -> Summary {
         Mode::Oneway => usize::MAX,
     };
     let per_conn_rate = (a.rate > 0).then(|| a.rate as f64 / a.connections as f64);
-    let mut handles = Vec::new();
+    let threads = a.threads.clamp(1, a.connections.max(1));
+    let mut specs: Vec<Vec<driver::Spec>> = (0..threads).map(|_| Vec::new()).collect();
     for c in 0..a.connections.max(1) {
         // Connection c sends to the queues of one broker, round robin.
         let brokers: Vec<&String> = {
@@ -785,22 +799,16 @@ fn run_producer(a: &ProducerArgs, e2e: Option<&Arc<Live>>) -> Summary {
                     .collect::<Vec<_>>()
             })
             .collect();
-        let (live, measuring, stop) = (live.clone(), measuring.clone(), stop.clone());
-        let oneway = a.mode == Mode::Oneway;
-        handles.push(std::thread::spawn(move || {
-            connection_loop(
-                &addr,
-                c,
-                templates,
-                window,
-                oneway,
-                per_conn_rate,
-                &live,
-                &measuring,
-                &stop,
-            )
-        }));
+        specs[c % threads].push(driver::Spec {
+            addr,
+            conn: c,
+            templates,
+            window,
+            oneway: a.mode == Mode::Oneway,
+            rate: per_conn_rate,
+        });
     }
+    let handles = spawn_drivers(specs, &live, &measuring, &stop);
     let cpu0_total = limits::cpu_time();
     let warm = Duration::from_secs_f64(a.warmup);
     std::thread::sleep(warm);
@@ -843,13 +851,15 @@ fn run_producer(a: &ProducerArgs, e2e: Option<&Arc<Live>>) -> Summary {
     let mut errors = HashMap::new();
     for h in handles {
         match h.join() {
-            Ok(r) => {
-                hist.add(&r.hist).ok();
-                msgs += r.msgs;
-                bytes += r.bytes;
-                failed += r.failed;
-                for (k, v) in r.codes {
-                    *errors.entry(k).or_insert(0) += v;
+            Ok(rs) => {
+                for r in rs {
+                    hist.add(&r.hist).ok();
+                    msgs += r.msgs;
+                    bytes += r.bytes;
+                    failed += r.failed;
+                    for (k, v) in r.codes {
+                        *errors.entry(k).or_insert(0) += v;
+                    }
                 }
             }
             Err(_) => failed += 1,
@@ -879,6 +889,29 @@ fn run_producer(a: &ProducerArgs, e2e: Option<&Arc<Live>>) -> Summary {
     }
 }
 
+/// Runs each set of connections on its own thread until `stop`.
+fn spawn_drivers(
+    specs: Vec<Vec<driver::Spec>>,
+    live: &Arc<Live>,
+    measuring: &Arc<AtomicBool>,
+    stop: &Arc<AtomicBool>,
+) -> Vec<std::thread::JoinHandle<Vec<ConnResult>>> {
+    specs
+        .into_iter()
+        .map(|set| {
+            let (live, measuring, stop) = (live.clone(), measuring.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let sh = driver::Shared {
+                    live: &live,
+                    measuring: &measuring,
+                    stop: &stop,
+                };
+                driver::run(set, &sh)
+            })
+        })
+        .collect()
+}
+
 impl Live {
     /// Messages, average and max latency (ms) since the last call; resets them.
     fn take(&self) -> (u64, f64, f64) {
@@ -899,200 +932,6 @@ fn reset(l: &Live) {
     for c in [&l.msgs, &l.bytes, &l.rt_sum_ns, &l.rt_count, &l.rt_max_ns] {
         c.store(0, Ordering::Release);
     }
-}
-
-#[allow(clippy::too_many_arguments)]
-fn connection_loop(
-    addr: &str,
-    conn: usize,
-    templates: Vec<Template>,
-    window: usize,
-    oneway: bool,
-    rate: Option<f64>,
-    live: &Live,
-    measuring: &AtomicBool,
-    stop: &AtomicBool,
-) -> ConnResult {
-    let mut res = ConnResult {
-        hist: new_hist(),
-        msgs: 0,
-        bytes: 0,
-        failed: 0,
-        codes: HashMap::new(),
-    };
-    let mut s = match TcpStream::connect(addr) {
-        Ok(s) => s,
-        Err(e) => {
-            eprintln!("connect {addr}: {e}");
-            res.failed += 1;
-            return res;
-        }
-    };
-    let _ = s.set_nodelay(true);
-    let mut uniq = Uniq::new(conn);
-    let mut next_q = conn;
-    let mut opaque: i32 = 1;
-    // opaque → (due instant, template index)
-    let mut pending: HashMap<i32, (Instant, usize)> = HashMap::new();
-    let interval = rate.map(|r| Duration::from_secs_f64(1.0 / r.max(1e-9)));
-    let mut next_due = Instant::now();
-    let mut wbuf: Vec<u8> = Vec::with_capacity(256 << 10);
-    let mut rbuf = BytesMut::with_capacity(256 << 10);
-    let mut chunk = vec![0u8; 256 << 10];
-    let record = |res: &mut ConnResult, t: &Template, due: Instant, ok: bool, code: i32| {
-        let rt = due.elapsed().as_nanos() as u64;
-        if !measuring.load(Ordering::Relaxed) {
-            return;
-        }
-        if ok {
-            res.hist.record(rt.max(1)).ok();
-            res.msgs += t.messages as u64;
-            res.bytes += t.bytes as u64;
-            live.msgs.fetch_add(t.messages as u64, Ordering::Relaxed);
-            live.bytes.fetch_add(t.bytes as u64, Ordering::Relaxed);
-            live.rt_sum_ns.fetch_add(rt, Ordering::Relaxed);
-            live.rt_count.fetch_add(1, Ordering::Relaxed);
-            live.rt_max_ns.fetch_max(rt, Ordering::Relaxed);
-        } else {
-            res.failed += t.messages as u64;
-            *res.codes.entry(code).or_insert(0) += 1;
-            live.failed.fetch_add(t.messages as u64, Ordering::Relaxed);
-        }
-    };
-    while !stop.load(Ordering::Relaxed) {
-        // Fill the window with every send that is due.
-        wbuf.clear();
-        let now = Instant::now();
-        let mut sent = Vec::new();
-        while pending.len() < window && wbuf.len() < (1 << 20) {
-            let due = match interval {
-                Some(iv) => {
-                    if next_due > now {
-                        break;
-                    }
-                    let d = next_due;
-                    next_due += iv;
-                    d
-                }
-                None => now,
-            };
-            let ti = next_q % templates.len();
-            next_q += 1;
-            let born_ms = now_us() / 1000;
-            stamp(
-                &templates[ti],
-                &mut wbuf,
-                opaque,
-                &mut uniq,
-                born_ms,
-                now_us(),
-            );
-            if oneway {
-                sent.push((due, ti));
-            } else {
-                pending.insert(opaque, (due, ti));
-            }
-            opaque = opaque.wrapping_add(1).max(1);
-            if oneway && interval.is_none() && wbuf.len() >= 64 << 10 {
-                break;
-            }
-        }
-        if !wbuf.is_empty() {
-            if let Err(e) = s.write_all(&wbuf) {
-                eprintln!("write {addr}: {e}");
-                res.failed += 1;
-                return res;
-            }
-            for (due, ti) in sent {
-                record(&mut res, &templates[ti], due, true, 0);
-            }
-        }
-        if oneway {
-            if let Some(iv) = interval {
-                let wait = next_due.saturating_duration_since(Instant::now());
-                std::thread::sleep(wait.min(iv));
-            }
-            continue;
-        }
-        // Read what answers there are; block only when nothing else can be done.
-        let wait = if pending.len() >= window || interval.is_none() {
-            Some(Duration::from_millis(200))
-        } else {
-            Some(
-                next_due
-                    .saturating_duration_since(Instant::now())
-                    .max(Duration::from_micros(1)),
-            )
-        };
-        if pending.is_empty() {
-            if let Some(w) = wait {
-                if interval.is_some() {
-                    std::thread::sleep(w.min(Duration::from_millis(200)));
-                }
-            }
-            continue;
-        }
-        // ppoll, not SO_RCVTIMEO: socket timeouts are counted in scheduler ticks (1-4 ms),
-        // which would delay sends that fall due while we wait for answers.
-        if !readable(&s, wait.unwrap_or(Duration::from_millis(200))) {
-            continue;
-        }
-        match s.read(&mut chunk) {
-            Ok(0) => {
-                eprintln!("{addr} closed the connection");
-                res.failed += pending.len() as u64;
-                return res;
-            }
-            Ok(n) => rbuf.extend_from_slice(&chunk[..n]),
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                ) => {}
-            Err(e) => {
-                eprintln!("read {addr}: {e}");
-                res.failed += pending.len() as u64;
-                return res;
-            }
-        }
-        while let Ok(Some(len)) = frame::check(&rbuf) {
-            let f = rbuf.split_to(len);
-            let (code, op) = match peek_response(&f) {
-                Some(x) => x,
-                None => match frame::decode_frame_body(f.freeze().slice(4..)) {
-                    Ok(c) => (c.code, c.opaque),
-                    Err(_) => continue,
-                },
-            };
-            if let Some((due, ti)) = pending.remove(&op) {
-                record(
-                    &mut res,
-                    &templates[ti],
-                    due,
-                    code == response::SUCCESS,
-                    code,
-                );
-            }
-        }
-    }
-    res
-}
-
-/// Waits until `s` has data (or EOF/error) for at most `timeout`, with nanosecond precision.
-fn readable(s: &TcpStream, timeout: Duration) -> bool {
-    use std::os::fd::AsRawFd;
-    let mut fd = libc::pollfd {
-        fd: s.as_raw_fd(),
-        events: libc::POLLIN,
-        revents: 0,
-    };
-    let ts = libc::timespec {
-        tv_sec: timeout.as_secs() as libc::time_t,
-        tv_nsec: timeout.subsec_nanos() as libc::c_long,
-    };
-    // SAFETY: one valid pollfd and a valid timespec, both outliving the call.
-    let n = unsafe { libc::ppoll(&mut fd, 1, &ts, std::ptr::null()) };
-    n != 0
 }
 
 fn print_summary(s: &Summary) {
@@ -1179,58 +1018,64 @@ fn pull_loop(
         return st;
     };
     let _ = s.set_nodelay(true);
+    // Long polling, as a push consumer does: every queue has one pull in flight, which the
+    // broker holds while the queue is empty and answers as soon as a message is dispatched;
+    // each answer sends that queue's next pull at once. Polling instead (pull, sleep, pull)
+    // would put the sleep into the end-to-end latency it measures.
+    let pull = |q: u32, offset: i64, opaque: i32, out: &mut BytesMut| {
+        let hdr = PullMessageRequestHeader {
+            consumer_group: group.into(),
+            topic: topic.into(),
+            queue_id: q,
+            queue_offset: offset,
+            max_msg_nums: 32,
+            sys_flag: sys_flag::SUSPEND,
+            commit_offset: 0,
+            suspend_timeout_millis: 1000,
+            subscription: Some("*".into()),
+            sub_version: 0,
+            expression_type: Some("TAG".into()),
+        };
+        let mut c = RemotingCommand::request(request::PULL_MESSAGE, HeaderCodec::RocketMq);
+        hdr.encode(&mut c);
+        // The opaque names the queue: index into `queues`.
+        c.opaque = opaque;
+        frame::encode(&c, out);
+    };
+    let mut wbuf = BytesMut::new();
+    for (i, q) in queues.iter().enumerate() {
+        pull(*q, offsets[i], i as i32, &mut wbuf);
+    }
     let mut rbuf = BytesMut::with_capacity(1 << 20);
     let mut chunk = vec![0u8; 1 << 20];
-    let mut opaque = 1;
-    let single = queues.len() == 1;
     while !stop.load(Ordering::Relaxed) {
-        // One pull per queue in flight at once; a single queue may be held (long poll).
-        let mut wbuf = BytesMut::new();
-        for (i, q) in queues.iter().enumerate() {
-            let hdr = PullMessageRequestHeader {
-                consumer_group: group.into(),
-                topic: topic.into(),
-                queue_id: *q,
-                queue_offset: offsets[i],
-                max_msg_nums: 32,
-                sys_flag: if single { sys_flag::SUSPEND } else { 0 },
-                commit_offset: 0,
-                suspend_timeout_millis: if single { 200 } else { 0 },
-                subscription: Some("*".into()),
-                sub_version: 0,
-                expression_type: Some("TAG".into()),
-            };
-            let mut c = RemotingCommand::request(request::PULL_MESSAGE, HeaderCodec::RocketMq);
-            hdr.encode(&mut c);
-            c.opaque = opaque + i as i32;
-            frame::encode(&c, &mut wbuf);
+        if !wbuf.is_empty() {
+            if s.write_all(&wbuf).is_err() {
+                break;
+            }
+            wbuf.clear();
         }
-        if s.write_all(&wbuf).is_err() {
-            break;
+        let mut fd = [libc::pollfd {
+            fd: std::os::fd::AsRawFd::as_raw_fd(&s),
+            events: libc::POLLIN,
+            revents: 0,
+        }];
+        if !driver::poll(&mut fd, Duration::from_millis(200)) {
+            continue;
         }
-        let mut got = 0;
-        let mut found = 0;
-        while got < queues.len() {
-            let cmd = loop {
-                match frame::decode(&mut rbuf) {
-                    Ok(Some(c)) => break Some(c),
-                    Ok(None) => {}
-                    Err(_) => break None,
-                }
-                match s.read(&mut chunk) {
-                    Ok(0) | Err(_) => break None,
-                    Ok(n) => rbuf.extend_from_slice(&chunk[..n]),
-                }
-            };
-            let Some(cmd) = cmd else { return st };
-            got += 1;
-            let i = (cmd.opaque - opaque) as usize;
+        match s.read(&mut chunk) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => rbuf.extend_from_slice(&chunk[..n]),
+        }
+        while let Ok(Some(cmd)) = frame::decode(&mut rbuf) {
+            let i = cmd.opaque as usize;
             if i >= queues.len() {
                 continue;
             }
             if let Some(next) = cmd.ext("nextBeginOffset").and_then(|v| v.parse().ok()) {
                 offsets[i] = next;
             }
+            pull(queues[i], offsets[i], i as i32, &mut wbuf);
             if cmd.code != response::SUCCESS {
                 continue;
             }
@@ -1242,7 +1087,6 @@ fn pull_loop(
                     break;
                 }
                 if let Ok(v) = RecordView::parse(&b[..n]) {
-                    found += 1;
                     if measuring.load(Ordering::Relaxed) {
                         st.msgs += 1;
                         st.bytes += v.body.len() as u64;
@@ -1262,17 +1106,12 @@ fn pull_loop(
                 b = &b[n..];
             }
         }
-        opaque += queues.len() as i32;
-        if found == 0 && !single {
-            // Nothing anywhere: don't spin.
-            std::thread::sleep(Duration::from_micros(200));
-        }
     }
     st
 }
 
-/// Starts pullers for every queue of the topic: one connection per broker, at most 4
-/// threads per broker.
+/// Starts pullers for every queue of the topic: up to 4 threads per broker, each with its
+/// own connection and a long-polling pull in flight for each of its queues.
 fn start_consumers(
     t: &Target,
     group: &str,
@@ -1471,25 +1310,25 @@ fn write_backlog(a: &CatchupArgs, total: u64, qs: &[(String, u32)], measuring: &
     let t = Instant::now();
     let stop = Arc::new(AtomicBool::new(false));
     let live = Arc::new(Live::default());
-    let mut hs = Vec::new();
-    for c in 0..conns {
-        let (addr, _) = qs[c % qs.len()].clone();
-        let mine: Vec<u32> = qs
-            .iter()
-            .filter(|(x, _)| *x == addr)
-            .map(|(_, q)| *q)
-            .collect();
-        let templates: Vec<Template> = mine
-            .iter()
-            .map(|q| template(&a.target.topic, *q, a.size, 32, false))
-            .collect();
-        let (live, measuring, stop) = (live.clone(), measuring.clone(), stop.clone());
-        hs.push(std::thread::spawn(move || {
-            connection_loop(
-                &addr, c, templates, 8, false, None, &live, &measuring, &stop,
-            )
-        }));
-    }
+    let specs = (0..conns)
+        .map(|c| {
+            let (addr, _) = qs[c % qs.len()].clone();
+            let templates: Vec<Template> = qs
+                .iter()
+                .filter(|(x, _)| *x == addr)
+                .map(|(_, q)| template(&a.target.topic, *q, a.size, 32, false))
+                .collect();
+            driver::Spec {
+                addr,
+                conn: c,
+                templates,
+                window: 8,
+                oneway: false,
+                rate: None,
+            }
+        })
+        .collect();
+    let hs = spawn_drivers(vec![specs], &live, measuring, &stop);
     let mut last = Instant::now();
     loop {
         std::thread::sleep(Duration::from_millis(100));
@@ -1545,54 +1384,11 @@ fn responder(port: u16) -> i32 {
         l.local_addr().map(|a| a.to_string()).unwrap_or_default()
     );
     let _ = std::io::stdout().flush();
-    for s in l.incoming().flatten() {
-        std::thread::spawn(move || respond(s));
-    }
-    0
-}
-
-/// Answers each frame with a SUCCESS carrying the request's opaque, all answers to one read
-/// in one write: what a broker that does no work would do.
-fn respond(mut s: TcpStream) {
-    let _ = s.set_nodelay(true);
-    let mut ok = RemotingCommand::request(0, HeaderCodec::RocketMq);
-    ok.flag = coremq::protocol::command::FLAG_RESPONSE;
-    ok.set_ext("msgId", "7F00000100002A9F0000000000000000");
-    ok.set_ext("queueId", 0);
-    ok.set_ext("queueOffset", 0);
-    let mut tb = BytesMut::new();
-    frame::encode(&ok, &mut tb);
-    let tmpl = tb.to_vec();
-    let mut rbuf = BytesMut::with_capacity(256 << 10);
-    let mut chunk = vec![0u8; 256 << 10];
-    let mut out = Vec::with_capacity(64 << 10);
-    loop {
-        match s.read(&mut chunk) {
-            Ok(0) | Err(_) => return,
-            Ok(n) => rbuf.extend_from_slice(&chunk[..n]),
-        }
-        out.clear();
-        while let Ok(Some(len)) = frame::check(&rbuf) {
-            let f = rbuf.split_to(len);
-            let (opaque, oneway) = match peek_response(&f) {
-                Some((_, op)) => {
-                    let flag = i32::from_be_bytes([f[17], f[18], f[19], f[20]]);
-                    (op, flag & coremq::protocol::command::FLAG_ONEWAY != 0)
-                }
-                None => match frame::decode_frame_body(f.freeze().slice(4..)) {
-                    Ok(c) => (c.opaque, c.is_oneway()),
-                    Err(_) => return,
-                },
-            };
-            if oneway {
-                continue;
-            }
-            let base = out.len();
-            out.extend_from_slice(&tmpl);
-            out[base + 13..base + 17].copy_from_slice(&opaque.to_be_bytes());
-        }
-        if !out.is_empty() && s.write_all(&out).is_err() {
-            return;
+    match driver::respond(l) {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("mqbench responder: {e}");
+            2
         }
     }
 }
@@ -1677,6 +1473,7 @@ fn run_matrix(a: &MatrixArgs) -> i32 {
                     },
                     size,
                     connections: conns,
+                    threads: a.threads,
                     inflight,
                     mode,
                     batch,
