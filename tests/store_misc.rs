@@ -96,6 +96,37 @@ fn sync_flush_acknowledges_durable_data_and_async_catches_up() {
 }
 
 #[test]
+fn async_flush_writes_at_most_once_per_commit_interval() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = small_config(dir.path(), 1);
+    cfg.commit_interval_ms = 300;
+    cfg.flush_interval_ms = 10_000;
+    let store = Store::open(cfg).unwrap();
+    // The first append is written at once (nothing was written for an interval); the
+    // second, right behind it, waits for the interval to pass.
+    block(store.put(vec![msg("T", 0, b"first", "", "", "")])).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while block(store.stats()).unwrap()[0].flushed == 0 {
+        assert!(Instant::now() < deadline, "the first append was never written");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let t0 = Instant::now();
+    let r = block(store.put(vec![msg("T", 0, b"second", "", "", "")])).unwrap();
+    let end = r[0].offset.pos() + r[0].size as u64;
+    let s = block(store.stats()).unwrap()[0];
+    assert!(s.flushed < end, "written before the commit interval passed");
+    while block(store.stats()).unwrap()[0].flushed < end {
+        assert!(Instant::now() < deadline, "the second append was never written");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let waited = t0.elapsed();
+    assert!(waited >= Duration::from_millis(150), "written after {waited:?}");
+    // Reads do not wait for the write: unflushed records come from the tail cache.
+    assert_eq!(block(store.queue_range("T", 0)).unwrap(), (0, 2));
+    store.shutdown().unwrap();
+}
+
+#[test]
 fn tag_filter_time_search_batches_and_topic_deletion() {
     let dir = tempfile::tempdir().unwrap();
     let now = Arc::new(AtomicI64::new(1_800_000_000_000));

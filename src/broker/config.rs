@@ -186,6 +186,7 @@ impl BrokerConfig {
                 }
                 "maxMessageSize" => self.store.max_message_size = value(p, file)?,
                 "flushIntervalCommitLog" => self.store.flush_interval_ms = value(p, file)?,
+                "commitIntervalCommitLog" => self.store.commit_interval_ms = value(p, file)?,
                 "flushIntervalConsumeQueue" => self.store.flush_cq_interval_ms = value(p, file)?,
                 "syncFlushTimeout" => self.store.sync_flush_timeout_ms = value(p, file)?,
                 "cleanResourceInterval" => self.store.clean_resource_interval_ms = value(p, file)?,
@@ -322,6 +323,7 @@ impl BrokerConfig {
             ),
             ("maxMessageSize", st.max_message_size.to_string()),
             ("flushIntervalCommitLog", st.flush_interval_ms.to_string()),
+            ("commitIntervalCommitLog", st.commit_interval_ms.to_string()),
             (
                 "flushIntervalConsumeQueue",
                 st.flush_cq_interval_ms.to_string(),

@@ -898,6 +898,7 @@ impl CommitLog {
         let interval = Duration::from_millis(self.cfg.flush_interval_ms.max(1));
         let sync_mode = self.cfg.flush_disk_type == FlushDiskType::SyncFlush;
         let mut last_sync = Instant::now();
+        let mut last_write = last_sync;
         let mut unsynced: Vec<Rc<Segment>> = Vec::new();
         loop {
             if sync_mode {
@@ -921,9 +922,25 @@ impl CommitLog {
                     glommio::timer::sleep(left),
                 )
                 .await;
+                // Coalesce: at most one write per commit interval, unless a full write
+                // piece is waiting.
+                let gap = Duration::from_millis(self.cfg.commit_interval_ms);
+                let wait = gap.saturating_sub(last_write.elapsed());
+                if !wait.is_zero() {
+                    let full = self.cfg.max_write_bytes.max(1);
+                    futures_lite::future::or(
+                        self.appended.wait_until(|| {
+                            let st = self.st.borrow();
+                            st.written - st.flushed >= full || st.closing
+                        }),
+                        glommio::timer::sleep(wait),
+                    )
+                    .await;
+                }
                 // Let queued appends join this round (rounds batch themselves under load).
                 futures_lite::future::yield_now().await;
             }
+            last_write = Instant::now();
             // A round writes at most ROUND_MAX: a long copy into DMA buffers would keep
             // appenders off the core; the next round follows at once.
             let (target, closing, store_ts) = {
