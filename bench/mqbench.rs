@@ -1110,8 +1110,10 @@ fn pull_loop(
     st
 }
 
-/// Starts pullers for every queue of the topic: up to 4 threads per broker, each with its
-/// own connection and a long-polling pull in flight for each of its queues.
+/// Starts pullers for every queue of the topic: a thread and a connection per broker, with a
+/// long-polling pull in flight for each queue. One thread, not several: a consumer that
+/// catches up a backlog at full speed must not take the cores from the producer it runs
+/// beside (trouble (b)) by outnumbering its threads.
 fn start_consumers(
     t: &Target,
     group: &str,
@@ -1128,21 +1130,18 @@ fn start_consumers(
     for (a, q) in qs {
         by_broker.entry(a).or_default().push(q);
     }
-    let mut hs = Vec::new();
-    for (addr, queues) in by_broker {
-        let threads = queues.len().min(4);
-        for k in 0..threads {
-            let mine: Vec<u32> = queues.iter().skip(k).step_by(threads).copied().collect();
-            let (addr, topic, group) = (addr.clone(), t.topic.clone(), group.to_string());
+    by_broker
+        .into_iter()
+        .map(|(addr, queues)| {
+            let (topic, group) = (t.topic.clone(), group.to_string());
             let (live, measuring, stop) = (live.clone(), measuring.clone(), stop.clone());
-            hs.push(std::thread::spawn(move || {
+            std::thread::spawn(move || {
                 pull_loop(
-                    &addr, &topic, &group, &mine, from_start, &live, &measuring, &stop,
+                    &addr, &topic, &group, &queues, from_start, &live, &measuring, &stop,
                 )
-            }));
-        }
-    }
-    hs
+            })
+        })
+        .collect()
 }
 
 fn join_consumers(hs: Vec<std::thread::JoinHandle<ConsumeStats>>) -> ConsumeStats {

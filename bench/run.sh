@@ -8,13 +8,14 @@
 #
 #   bench/run.sh [--secs 5] [--reps 1] [--dir target/bench-run] [--quick]
 #                [--other NAMESRV --other-name NAME]   # the same matrix against another broker
+#                [--broker-prop KEY=VALUE ...]         # more broker properties (e.g. shards=1)
 #
 # Everything runs on 127.0.0.1. The machine is shared: use --reps 3 (the median run of each
 # cell is kept) for figures worth quoting.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-SECS=5 REPS=1 DIR=target/bench-run QUICK=0 OTHER="" OTHER_NAME=other
+SECS=5 REPS=1 DIR=target/bench-run QUICK=0 OTHER="" OTHER_NAME=other EXTRA=()
 while [ $# -gt 0 ]; do
   case "$1" in
     --secs) SECS=$2; shift 2 ;;
@@ -23,6 +24,7 @@ while [ $# -gt 0 ]; do
     --quick) QUICK=1; shift ;;
     --other) OTHER=$2; shift 2 ;;
     --other-name) OTHER_NAME=$2; shift 2 ;;
+    --broker-prop) EXTRA+=("$2"); shift 2 ;;
     *) echo "unknown option $1" >&2; exit 2 ;;
   esac
 done
@@ -61,7 +63,7 @@ start_broker() {
   local store=$1; shift
   [ "${KEEP_PORT:-0}" = 1 ] || BROKER_PORT=$(free_port)
   local props=(-p brokerIP1=127.0.0.1 -p "listenPort=$BROKER_PORT" -p "storePathRootDir=$store")
-  for kv in "$@"; do props+=(-p "$kv"); done
+  for kv in "$@" "${EXTRA[@]}"; do props+=(-p "$kv"); done
   "$BIN/mqbroker" -n "${BROKER_NS:-$NS}" "${props[@]}" --log-dir "${BROKER_LOGS:-$DIR/logs}" \
     >>"$DIR/broker.out" 2>&1 &
   BROKER_PID=$!
@@ -173,7 +175,7 @@ fi
 {
   echo "# Benchmark run $STAMP"
   echo
-  echo "\`bench/run.sh --secs $SECS --reps $REPS$([ "$QUICK" = 1 ] && echo " --quick")\` on $(nproc) cores, $(uname -r)."
+  echo "\`bench/run.sh --secs $SECS --reps $REPS$([ "$QUICK" = 1 ] && echo " --quick")$(for kv in "${EXTRA[@]}"; do printf ' --broker-prop %s' "$kv"; done)\` on $(nproc) cores, $(uname -r)."
   echo "Client and broker share the host. Raw figures: \`$(basename "$OUT")\`."
   echo
   echo "## Limits (same run)"
