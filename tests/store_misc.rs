@@ -107,7 +107,10 @@ fn async_flush_writes_at_most_once_per_commit_interval() {
     block(store.put(vec![msg("T", 0, b"first", "", "", "")])).unwrap();
     let deadline = Instant::now() + Duration::from_secs(5);
     while block(store.stats()).unwrap()[0].flushed == 0 {
-        assert!(Instant::now() < deadline, "the first append was never written");
+        assert!(
+            Instant::now() < deadline,
+            "the first append was never written"
+        );
         std::thread::sleep(Duration::from_millis(5));
     }
     let t0 = Instant::now();
@@ -116,11 +119,17 @@ fn async_flush_writes_at_most_once_per_commit_interval() {
     let s = block(store.stats()).unwrap()[0];
     assert!(s.flushed < end, "written before the commit interval passed");
     while block(store.stats()).unwrap()[0].flushed < end {
-        assert!(Instant::now() < deadline, "the second append was never written");
+        assert!(
+            Instant::now() < deadline,
+            "the second append was never written"
+        );
         std::thread::sleep(Duration::from_millis(5));
     }
     let waited = t0.elapsed();
-    assert!(waited >= Duration::from_millis(150), "written after {waited:?}");
+    assert!(
+        waited >= Duration::from_millis(150),
+        "written after {waited:?}"
+    );
     // Reads do not wait for the write: unflushed records come from the tail cache.
     assert_eq!(block(store.queue_range("T", 0)).unwrap(), (0, 2));
     store.shutdown().unwrap();
