@@ -175,15 +175,7 @@ impl Conn {
 
     /// Writes what the socket takes now.
     fn flush(&mut self, sh: &Shared) -> std::io::Result<()> {
-        while self.woff < self.wbuf.len() {
-            match self.s.write(&self.wbuf[self.woff..]) {
-                Ok(0) => return Err(ErrorKind::WriteZero.into()),
-                Ok(n) => self.woff += n,
-                Err(e) if e.kind() == ErrorKind::WouldBlock => break,
-                Err(e) if e.kind() == ErrorKind::Interrupted => {}
-                Err(e) => return Err(e),
-            }
-        }
+        write_ready(&mut self.s, &self.wbuf, &mut self.woff)?;
         if self.woff == self.wbuf.len() {
             for (due, ti) in std::mem::take(&mut self.unsent) {
                 self.record(sh, due, ti, response::SUCCESS);
@@ -194,21 +186,7 @@ impl Conn {
 
     /// Reads every answer that has arrived and records it.
     fn read(&mut self, sh: &Shared, chunk: &mut [u8]) -> std::io::Result<()> {
-        loop {
-            match self.s.read(chunk) {
-                Ok(0) => return Err(ErrorKind::UnexpectedEof.into()),
-                Ok(n) => {
-                    self.rbuf.extend_from_slice(&chunk[..n]);
-                    // A short read drained the socket: save the call that would say so.
-                    if n < chunk.len() {
-                        break;
-                    }
-                }
-                Err(e) if e.kind() == ErrorKind::WouldBlock => break,
-                Err(e) if e.kind() == ErrorKind::Interrupted => {}
-                Err(e) => return Err(e),
-            }
-        }
+        read_ready(&mut self.s, chunk, &mut self.rbuf)?;
         while let Ok(Some(len)) = frame::check(&self.rbuf) {
             let f = self.rbuf.split_to(len);
             let (code, op) = match peek_response(&f) {
@@ -306,6 +284,39 @@ pub fn run(specs: Vec<Spec>, sh: &Shared) -> Vec<ConnResult> {
     }
     out.extend(conns.into_iter().map(|c| c.res));
     out
+}
+
+/// Writes `buf[*off..]` while the non-blocking socket takes it, advancing `off`.
+fn write_ready(s: &mut TcpStream, buf: &[u8], off: &mut usize) -> std::io::Result<()> {
+    while *off < buf.len() {
+        match s.write(&buf[*off..]) {
+            Ok(0) => return Err(ErrorKind::WriteZero.into()),
+            Ok(n) => *off += n,
+            Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// Appends what the non-blocking socket has to `buf`; `Err` at end of stream.
+fn read_ready(s: &mut TcpStream, chunk: &mut [u8], buf: &mut BytesMut) -> std::io::Result<()> {
+    loop {
+        match s.read(chunk) {
+            Ok(0) => return Err(ErrorKind::UnexpectedEof.into()),
+            Ok(n) => {
+                buf.extend_from_slice(&chunk[..n]);
+                // A short read drained the socket: save the call that would say so.
+                if n < chunk.len() {
+                    return Ok(());
+                }
+            }
+            Err(e) if e.kind() == ErrorKind::WouldBlock => return Ok(()),
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
 }
 
 /// `ppoll` for at most `timeout`; false when nothing is ready.
@@ -412,37 +423,18 @@ pub fn respond(l: TcpListener) -> std::io::Result<()> {
 /// Writes what is owed to `p`, then reads and answers what it sent; `Err` once it is gone.
 fn serve(p: &mut Peer, tmpl: &[u8], chunk: &mut [u8]) -> Result<(), ()> {
     let write = |p: &mut Peer| -> Result<(), ()> {
-        while p.woff < p.out.len() {
-            match p.s.write(&p.out[p.woff..]) {
-                Ok(0) => return Err(()),
-                Ok(n) => p.woff += n,
-                Err(e) if e.kind() == ErrorKind::WouldBlock => return Ok(()),
-                Err(e) if e.kind() == ErrorKind::Interrupted => {}
-                Err(_) => return Err(()),
-            }
+        write_ready(&mut p.s, &p.out, &mut p.woff).map_err(|_| ())?;
+        if p.woff == p.out.len() {
+            p.out.clear();
+            p.woff = 0;
         }
-        p.out.clear();
-        p.woff = 0;
         Ok(())
     };
     write(p)?;
     if !p.out.is_empty() {
         return Ok(());
     }
-    loop {
-        match p.s.read(chunk) {
-            Ok(0) => return Err(()),
-            Ok(n) => {
-                p.rbuf.extend_from_slice(&chunk[..n]);
-                if n < chunk.len() {
-                    break;
-                }
-            }
-            Err(e) if e.kind() == ErrorKind::WouldBlock => break,
-            Err(e) if e.kind() == ErrorKind::Interrupted => {}
-            Err(_) => return Err(()),
-        }
-    }
+    read_ready(&mut p.s, chunk, &mut p.rbuf).map_err(|_| ())?;
     while let Ok(Some(len)) = frame::check(&p.rbuf) {
         let f = p.rbuf.split_to(len);
         let (opaque, oneway) = match peek_response(&f) {
