@@ -45,7 +45,7 @@ fn sends_fail_over_to_the_surviving_broker_and_no_send_ok_is_lost() {
     let (_ns, ns_port) = start_namesrv(dir.path(), &[]);
     let store_a = dir.path().join("a");
     // Only SYNC_FLUSH promises that an acknowledged message survives SIGKILL; ASYNC_FLUSH
-    // acknowledges from the write buffer and may lose the last write round.
+    // acknowledges from the write buffer and may lose about one commitIntervalCommitLog.
     let a_props = ["brokerName=broker-a", "flushDiskType=SYNC_FLUSH"];
     let (mut a, port_a) = start_broker(&store_a, ns_port, &a_props);
     let (_b, port_b) = start_broker(&dir.path().join("b"), ns_port, &["brokerName=broker-b"]);
