@@ -601,6 +601,19 @@ impl CommitLog {
         Ok(())
     }
 
+    /// Waits until at least `bytes` are unflushed, or the log is closing, for at most
+    /// `timeout` (the ASYNC_FLUSH flusher's waits).
+    async fn unflushed_at_least(&self, bytes: u64, timeout: Duration) {
+        futures_lite::future::or(
+            self.appended.wait_until(|| {
+                let st = self.st.borrow();
+                st.written - st.flushed >= bytes || st.closing
+            }),
+            glommio::timer::sleep(timeout),
+        )
+        .await;
+    }
+
     /// Waits while the unflushed tail is over its cap (ASYNC_FLUSH backpressure).
     pub async fn wait_for_room(&self) -> Result<()> {
         let cap = self.cfg.max_unflushed_bytes;
@@ -913,29 +926,15 @@ impl CommitLog {
                 futures_lite::future::yield_now().await;
             } else {
                 let left = interval.saturating_sub(last_sync.elapsed());
-                let trigger = self.cfg.flush_trigger_bytes.max(1);
-                futures_lite::future::or(
-                    self.appended.wait_until(|| {
-                        let st = self.st.borrow();
-                        st.written - st.flushed >= trigger || st.closing
-                    }),
-                    glommio::timer::sleep(left),
-                )
-                .await;
+                self.unflushed_at_least(self.cfg.flush_trigger_bytes.max(1), left)
+                    .await;
                 // Coalesce: at most one write per commit interval, unless a full write
                 // piece is waiting.
                 let gap = Duration::from_millis(self.cfg.commit_interval_ms);
                 let wait = gap.saturating_sub(last_write.elapsed());
                 if !wait.is_zero() {
-                    let full = self.cfg.max_write_bytes.max(1);
-                    futures_lite::future::or(
-                        self.appended.wait_until(|| {
-                            let st = self.st.borrow();
-                            st.written - st.flushed >= full || st.closing
-                        }),
-                        glommio::timer::sleep(wait),
-                    )
-                    .await;
+                    self.unflushed_at_least(self.cfg.max_write_bytes.max(1), wait)
+                        .await;
                 }
                 // Let queued appends join this round (rounds batch themselves under load).
                 futures_lite::future::yield_now().await;
