@@ -809,14 +809,12 @@ fn run_producer(a: &ProducerArgs, e2e: Option<&Arc<Live>>) -> Summary {
         });
     }
     let handles = spawn_drivers(specs, &live, &measuring, &stop);
-    let cpu0_total = limits::cpu_time();
     let warm = Duration::from_secs_f64(a.warmup);
     std::thread::sleep(warm);
     measuring.store(true, Ordering::Release);
     reset(&live);
     let t0 = Instant::now();
     let cpu0 = limits::cpu_time();
-    let _ = cpu0_total;
     let mut sec = 0;
     while t0.elapsed().as_secs_f64() < a.duration {
         std::thread::sleep(Duration::from_secs(1).min(Duration::from_secs_f64(
