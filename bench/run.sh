@@ -70,9 +70,10 @@ start_broker() {
   PIDS+=("$BROKER_PID")
   wait_port "$BROKER_PORT"
 }
-stop_broker() {  # clean stop (SIGTERM) and wait
-  kill "$BROKER_PID" 2>/dev/null || true
-  while kill -0 "$BROKER_PID" 2>/dev/null; do sleep 0.1; done
+stop_broker() {  # clean stop (SIGTERM) of $1 (default: the last broker started) and wait
+  local pid=${1:-$BROKER_PID}
+  kill "$pid" 2>/dev/null || true
+  while kill -0 "$pid" 2>/dev/null; do sleep 0.1; done
 }
 
 log "host limits"
@@ -105,8 +106,7 @@ start_broker "$DIR/store-$FLUSH" "flushDiskType=$FLUSH" cleanResourceInterval=10
 "$MQB" matrix -t BenchmarkTest --queues 8 --create -d "$SECS" --reps "$REPS" --json "$OUT" \
   --leg "responder=addr:127.0.0.1:$RESP_PORT" --leg "ASYNC_FLUSH=ns:$NS" \
   --leg "SYNC_FLUSH=ns:127.0.0.1:$NS2_PORT" "${ONLY[@]}"
-kill "$SYNC_PID" 2>/dev/null || true
-while kill -0 "$SYNC_PID" 2>/dev/null; do sleep 0.1; done
+stop_broker "$SYNC_PID"
 rm -rf "$DIR/store-SYNC_FLUSH"
 
 log "end to end at 10,000 msg/s"
