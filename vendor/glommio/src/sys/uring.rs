@@ -895,6 +895,21 @@ struct SleepableRing {
     in_kernel: usize,
 }
 
+/// CoreMQ patch: a ring with `IORING_SETUP_COOP_TASKRUN`, so that completions needing this
+/// thread's context (socket readiness, timers) do not interrupt it with an IPI while it runs;
+/// they run at its next system call or sleep. Kernels before 5.19 refuse the flag: then a
+/// plain ring, as upstream.
+fn new_cooperative_ring(entries: u32) -> io::Result<iou::IoUring> {
+    match iou::IoUring::new_with_flags(
+        entries,
+        iou::SetupFlags::COOP_TASKRUN,
+        iou::SetupFeatures::empty(),
+    ) {
+        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => iou::IoUring::new(entries),
+        r => r,
+    }
+}
+
 impl SleepableRing {
     fn new(
         size: usize,
@@ -904,7 +919,7 @@ impl SleepableRing {
     ) -> io::Result<Self> {
         assert!(*IO_URING_RECENT_ENOUGH);
         Ok(SleepableRing {
-            ring: iou::IoUring::new(size as _)?,
+            ring: new_cooperative_ring(size as _)?,
             size,
             submission_queue: UringQueueState::with_capacity(size * 4),
             name,
