@@ -5,10 +5,9 @@
 //! language by name or ordinal, extFields values as strings, numbers or booleans, unknown keys
 //! ignored. Encoding is exact: fastjson's key order (alphabetical), no `null` members.
 
-use std::collections::BTreeMap;
-
 use bytes::{BufMut, Bytes, BytesMut};
 
+use super::ext_fields::ExtFields;
 use super::ProtocolError;
 
 /// Flag bit 0: this command is a response.
@@ -56,8 +55,8 @@ pub struct RemotingCommand {
     pub opaque: i32,
     pub flag: i32,
     pub remark: Option<String>,
-    /// The custom header; sorted, as fastjson writes bean fields.
-    pub ext_fields: BTreeMap<String, String>,
+    /// The custom header; iterated in key order, as fastjson writes bean fields.
+    pub ext_fields: ExtFields,
     pub body: Bytes,
     /// The codec this command was decoded from, and will be encoded with.
     pub codec: HeaderCodec,
@@ -73,7 +72,7 @@ impl RemotingCommand {
             opaque: 0,
             flag: 0,
             remark: None,
-            ext_fields: BTreeMap::new(),
+            ext_fields: ExtFields::new(),
             body: Bytes::new(),
             codec,
         }
@@ -92,7 +91,7 @@ impl RemotingCommand {
             opaque: req.opaque,
             flag: FLAG_RESPONSE,
             remark,
-            ext_fields: BTreeMap::new(),
+            ext_fields: ExtFields::new(),
             body: Bytes::new(),
             codec: req.codec,
         }
@@ -105,7 +104,7 @@ impl RemotingCommand {
         self.flag & FLAG_ONEWAY != 0
     }
     pub fn ext(&self, key: &str) -> Option<&str> {
-        self.ext_fields.get(key).map(String::as_str)
+        self.ext_fields.get(key)
     }
     pub fn set_ext(&mut self, key: &str, value: impl ToString) {
         self.ext_fields.insert(key.to_string(), value.to_string());
@@ -113,10 +112,10 @@ impl RemotingCommand {
 
     pub(super) fn decode_header(
         codec: HeaderCodec,
-        h: &[u8],
+        h: Bytes,
     ) -> Result<RemotingCommand, ProtocolError> {
         match codec {
-            HeaderCodec::Json => decode_json(h),
+            HeaderCodec::Json => decode_json(&h),
             HeaderCodec::RocketMq => decode_binary(h),
         }
     }
@@ -180,7 +179,7 @@ impl RemotingCommand {
             .map(|(k, v)| 2 + k.len() + 4 + v.len())
             .sum();
         out.put_i32(ext_len as i32);
-        for (k, v) in &self.ext_fields {
+        for (k, v) in self.ext_fields.iter() {
             out.put_i16(k.len() as i16);
             out.put_slice(k.as_bytes());
             out.put_i32(v.len() as i32);
@@ -214,7 +213,7 @@ fn decode_json(h: &[u8]) -> Result<RemotingCommand, ProtocolError> {
         Some(Value::Number(n)) => n.as_u64().and_then(|x| u8::try_from(x).ok()).unwrap_or(7),
         _ => 0,
     };
-    let mut ext_fields = BTreeMap::new();
+    let mut ext_fields = ExtFields::new();
     if let Some(Value::Object(m)) = obj.get("extFields") {
         for (k, v) in m {
             let s = match v {
@@ -282,7 +281,8 @@ impl<'a> Rd<'a> {
     }
 }
 
-fn decode_binary(h: &[u8]) -> Result<RemotingCommand, ProtocolError> {
+fn decode_binary(header: Bytes) -> Result<RemotingCommand, ProtocolError> {
+    let h = &header[..];
     let mut r = Rd { b: h, at: 0 };
     let code = r.i16("code")? as i32;
     let language = r.take(1, "language")?[0];
@@ -294,19 +294,23 @@ fn decode_binary(h: &[u8]) -> Result<RemotingCommand, ProtocolError> {
     let remark = (rl > 0).then(|| r.string(rl, "remark")).transpose()?;
     let el = r.i32("extFields length")?;
     let el = r.len(el as i64, "extFields")?;
+    let map_start = r.at;
     let map = r.take(el, "extFields")?;
     let mut m = Rd { b: map, at: 0 };
-    let mut ext_fields = BTreeMap::new();
+    // The fields stay in the header's bytes (see `ExtFields`).
+    let mut ext_fields = ExtFields::over(header.clone());
     while m.at < map.len() {
         let kl = m.i16("key length")?;
         let kl = m.len(kl as i64, "key")?;
-        let k = m.string(kl, "key")?;
+        let k = map_start + m.at..map_start + m.at + kl;
+        m.take(kl, "key")?;
         let vl = m.i32("value length")?;
         let vl = m.len(vl as i64, "value")?;
-        let v = m.string(vl, "value")?;
+        let v = map_start + m.at..map_start + m.at + vl;
+        m.take(vl, "value")?;
         // Java decodes a zero-length string as null: such a field is absent.
         if !k.is_empty() && !v.is_empty() {
-            ext_fields.insert(k, v);
+            ext_fields.push_raw(k, v);
         }
     }
     Ok(RemotingCommand {
@@ -369,13 +373,16 @@ mod tests {
                 0, 0, 0, 1, b'v'
             ][..]
         );
-        assert_eq!(decode_binary(&out).unwrap(), c);
+        assert_eq!(decode_binary(out.clone().freeze()).unwrap(), c);
         for cut in 0..out.len() {
-            assert!(decode_binary(&out[..cut]).is_err(), "cut {cut}");
+            assert!(
+                decode_binary(Bytes::copy_from_slice(&out[..cut])).is_err(),
+                "cut {cut}"
+            );
         }
         // A remark length larger than the header is refused.
         let mut bad = out.to_vec();
         bad[13..17].copy_from_slice(&1000i32.to_be_bytes());
-        assert!(decode_binary(&bad).is_err());
+        assert!(decode_binary(Bytes::from(bad)).is_err());
     }
 }

@@ -57,7 +57,7 @@ pub fn decode_frame_body(mut frame: Bytes) -> Result<RemotingCommand, ProtocolEr
         });
     }
     let header = frame.split_to(header_len);
-    let mut cmd = RemotingCommand::decode_header(codec, &header)?;
+    let mut cmd = RemotingCommand::decode_header(codec, header)?;
     cmd.body = frame;
     Ok(cmd)
 }

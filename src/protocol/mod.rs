@@ -4,6 +4,7 @@
 
 pub mod code;
 pub mod command;
+pub mod ext_fields;
 pub mod frame;
 pub mod header;
 pub mod json;

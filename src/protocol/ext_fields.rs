@@ -1,0 +1,179 @@
+//! `extFields`, the custom header of a remoting command: string keys to string values.
+//!
+//! Every request carries ten to twenty of them, so they are kept cheap: fields decoded from a
+//! ROCKETMQ binary header stay in the received header's bytes (a shared [`Bytes`], checked
+//! for UTF-8 once) instead of becoming two `String`s each in a tree map; fields set by our
+//! code are owned. Lookups scan the few entries. Iteration (for encoding) is in key order, as
+//! fastjson writes bean fields.
+
+use bytes::Bytes;
+
+/// A key or a value: a range of the shared header bytes (known to be UTF-8), or owned.
+#[derive(Debug, Clone)]
+enum Text {
+    Raw { start: u32, len: u32 },
+    Owned(String),
+}
+
+/// The `extFields` of one command. See the module doc.
+#[derive(Debug, Clone, Default)]
+pub struct ExtFields {
+    raw: Bytes,
+    fields: Vec<(Text, Text)>,
+}
+
+impl ExtFields {
+    pub fn new() -> ExtFields {
+        ExtFields::default()
+    }
+
+    /// Fields that will point into `raw` (the header they are decoded from).
+    pub(super) fn over(raw: Bytes) -> ExtFields {
+        ExtFields {
+            raw,
+            fields: Vec::new(),
+        }
+    }
+
+    fn text<'a>(&'a self, t: &'a Text) -> &'a str {
+        match t {
+            Text::Raw { start, len } => {
+                let b = &self.raw[*start as usize..(*start + *len) as usize];
+                // SAFETY: `push_raw` stores a range only after `str::from_utf8` accepted
+                // exactly these bytes, and `raw` is immutable.
+                unsafe { std::str::from_utf8_unchecked(b) }
+            }
+            Text::Owned(s) => s,
+        }
+    }
+
+    /// Adds the field at `key` and `value` (ranges of the `raw` bytes given to
+    /// [`ExtFields::over`]); a later field replaces an earlier one with the same key, as a
+    /// map insert does. Bytes that are not UTF-8 are decoded lossily (as Java would).
+    pub(super) fn push_raw(&mut self, key: std::ops::Range<usize>, value: std::ops::Range<usize>) {
+        let k = self.raw_text(key);
+        let v = self.raw_text(value);
+        match self.position(self.text(&k)) {
+            Some(i) => self.fields[i].1 = v,
+            None => self.fields.push((k, v)),
+        }
+    }
+
+    fn raw_text(&self, r: std::ops::Range<usize>) -> Text {
+        let b = &self.raw[r.clone()];
+        match (
+            std::str::from_utf8(b),
+            u32::try_from(r.start),
+            u32::try_from(r.len()),
+        ) {
+            (Ok(_), Ok(start), Ok(len)) => Text::Raw { start, len },
+            _ => Text::Owned(String::from_utf8_lossy(b).into_owned()),
+        }
+    }
+
+    fn position(&self, key: &str) -> Option<usize> {
+        self.fields.iter().position(|(k, _)| self.text(k) == key)
+    }
+
+    /// The value of `key`.
+    pub fn get(&self, key: &str) -> Option<&str> {
+        self.position(key).map(|i| self.text(&self.fields[i].1))
+    }
+
+    /// Sets `key` to `value`, replacing any value it had.
+    pub fn insert(&mut self, key: String, value: String) {
+        match self.position(&key) {
+            Some(i) => self.fields[i].1 = Text::Owned(value),
+            None => self.fields.push((Text::Owned(key), Text::Owned(value))),
+        }
+    }
+
+    /// Removes `key`, returning whether it was there.
+    pub fn remove(&mut self, key: &str) -> bool {
+        match self.position(key) {
+            Some(i) => {
+                self.fields.remove(i);
+                true
+            }
+            None => false,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.fields.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.fields.is_empty()
+    }
+
+    /// The fields in key order.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
+        let mut v: Vec<(&str, &str)> = self
+            .fields
+            .iter()
+            .map(|(k, v)| (self.text(k), self.text(v)))
+            .collect();
+        v.sort_unstable_by(|a, b| a.0.cmp(b.0));
+        v.into_iter()
+    }
+}
+
+impl PartialEq for ExtFields {
+    fn eq(&self, other: &ExtFields) -> bool {
+        self.len() == other.len() && self.iter().eq(other.iter())
+    }
+}
+
+impl Eq for ExtFields {}
+
+impl<'a> FromIterator<(&'a str, &'a str)> for ExtFields {
+    fn from_iter<I: IntoIterator<Item = (&'a str, &'a str)>>(it: I) -> ExtFields {
+        let mut e = ExtFields::new();
+        for (k, v) in it {
+            e.insert(k.to_string(), v.to_string());
+        }
+        e
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn raw_and_owned_fields_read_alike_and_later_keys_win() {
+        let raw = Bytes::from_static(b"topicTdupA\xffdupB");
+        let mut e = ExtFields::over(raw);
+        e.push_raw(0..5, 5..6); // topic = T
+        e.push_raw(6..9, 9..11); // dup = A\xff (lossy)
+        e.push_raw(6..9, 11..15); // dup = dupB, replacing the first
+        assert_eq!(e.get("topic"), Some("T"));
+        assert_eq!(e.get("dup"), Some("dupB"));
+        assert_eq!(e.len(), 2);
+        e.insert("a".into(), "1".into());
+        e.insert("topic".into(), "U".into());
+        assert_eq!(e.get("topic"), Some("U"));
+        let keys: Vec<&str> = e.iter().map(|(k, _)| k).collect();
+        assert_eq!(keys, ["a", "dup", "topic"]);
+        assert!(e.remove("a"));
+        assert!(!e.remove("a"));
+        assert_eq!(e.get("missing"), None);
+    }
+
+    #[test]
+    fn invalid_utf8_is_decoded_lossily() {
+        let mut e = ExtFields::over(Bytes::from_static(b"k\xff"));
+        e.push_raw(0..1, 1..2);
+        assert_eq!(e.get("k"), Some("\u{fffd}"));
+    }
+
+    #[test]
+    fn equality_ignores_order_and_storage() {
+        let mut a = ExtFields::over(Bytes::from_static(b"xy"));
+        a.push_raw(0..1, 1..2);
+        a.insert("b".into(), "c".into());
+        let b: ExtFields = [("b", "c"), ("x", "y")].into_iter().collect();
+        assert_eq!(a, b);
+    }
+}
