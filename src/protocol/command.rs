@@ -175,11 +175,11 @@ impl RemotingCommand {
         }
         let ext_len: usize = self
             .ext_fields
-            .iter()
+            .iter_unordered()
             .map(|(k, v)| 2 + k.len() + 4 + v.len())
             .sum();
         out.put_i32(ext_len as i32);
-        for (k, v) in self.ext_fields.iter() {
+        for (k, v) in self.ext_fields.iter_unordered() {
             out.put_i16(k.len() as i16);
             out.put_slice(k.as_bytes());
             out.put_i32(v.len() as i32);

@@ -107,13 +107,17 @@ impl ExtFields {
         self.fields.is_empty()
     }
 
-    /// The fields in key order.
-    pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
-        let mut v: Vec<(&str, &str)> = self
-            .fields
+    /// The fields in the order they were added (the binary codec's order does not matter:
+    /// Java reads them into a hash map).
+    pub fn iter_unordered(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.fields
             .iter()
             .map(|(k, v)| (self.text(k), self.text(v)))
-            .collect();
+    }
+
+    /// The fields in key order.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
+        let mut v: Vec<(&str, &str)> = self.iter_unordered().collect();
         v.sort_unstable_by(|a, b| a.0.cmp(b.0));
         v.into_iter()
     }
