@@ -137,8 +137,9 @@ pub struct StoreConfig {
     /// `commitIntervalCommitLog` in ms: in ASYNC_FLUSH, the least time between two DMA
     /// writes of the commitlog (a full write piece goes at once). Upstream commits its
     /// transient store pool every 200 ms; here the default is 1 ms, which bounds what a
-    /// SIGKILL can lose to about 1 ms of acknowledged sends, while a write (a virtio kick and
-    /// a filesystem call, ~5 µs of CPU) then covers dozens of records instead of a few.
+    /// SIGKILL can lose to about 1 ms of acknowledged sends plus any write still queued in the
+    /// kernel (longer when the disk stalls), while a write (a virtio kick and a filesystem
+    /// call, ~5 µs of CPU) then covers dozens of records instead of a few.
     /// 0 writes as soon as anything is unflushed.
     pub commit_interval_ms: u64,
     /// Largest single DMA write.
