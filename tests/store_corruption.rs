@@ -4,7 +4,7 @@
 
 mod common;
 use common::*;
-use coremq::store::{CommitLogOffset, GetStatus, Store, StoreError};
+use coremq::store::{GetStatus, Store, StoreError};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::sync::Mutex;
 
@@ -36,21 +36,6 @@ fn logged(needle: &[&str]) -> Option<String> {
         .iter()
         .find(|l| needle.iter().all(|n| l.contains(n)))
         .cloned()
-}
-
-/// Path of the segment holding `off` and the offset inside it.
-fn segment_file(
-    root: &std::path::Path,
-    off: CommitLogOffset,
-    seg: u64,
-) -> (std::path::PathBuf, u64) {
-    let base = off.pos() / seg * seg;
-    (
-        root.join("commitlog")
-            .join(off.shard().index().to_string())
-            .join(format!("{base:020}")),
-        off.pos() - base,
-    )
 }
 
 fn flip(path: &std::path::Path, at: u64) {

@@ -13,6 +13,8 @@ use std::time::{Duration, Instant};
 
 const SIZE: usize = 700;
 const QUEUES: u32 = 4;
+/// The child's segment size.
+const SEGMENT: u64 = 262_144;
 
 struct KillOnDrop(Child);
 impl Drop for KillOnDrop {
@@ -41,7 +43,7 @@ fn spawn_appender_with(
             "--flush",
             flush,
             "--segment-size",
-            "262144",
+            &SEGMENT.to_string(),
             "--cq-entries",
             "100",
             "--max-message-size",
@@ -102,21 +104,15 @@ fn config(dir: &std::path::Path) -> coremq::store::StoreConfig {
 }
 
 /// Whether the record at commitlog offset `off` is written in its segment file under
-/// `root` (the child's segments are 256 KiB).
+/// `root`.
 fn record_in_segment(root: &std::path::Path, off: i64) -> bool {
     use std::io::{Read, Seek, SeekFrom};
-    const SEGMENT: u64 = 262_144;
-    let off = CommitLogOffset::from_i64(off).unwrap();
-    let base = off.pos() / SEGMENT * SEGMENT;
-    let path = root
-        .join("commitlog")
-        .join(off.shard().index().to_string())
-        .join(format!("{base:020}"));
+    let (path, at) = segment_file(root, CommitLogOffset::from_i64(off).unwrap(), SEGMENT);
     let Ok(mut f) = std::fs::File::open(path) else {
         return false;
     };
     let mut len = [0u8; 4];
-    if f.seek(SeekFrom::Start(off.pos() - base)).is_err() || f.read_exact(&mut len).is_err() {
+    if f.seek(SeekFrom::Start(at)).is_err() || f.read_exact(&mut len).is_err() {
         return false;
     }
     let n = u32::from_be_bytes(len) as usize;

@@ -3,7 +3,7 @@
 
 use bytes::Bytes;
 use coremq::message::properties;
-use coremq::store::{PutMessage, Store, StoreConfig};
+use coremq::store::{CommitLogOffset, PutMessage, Store, StoreConfig};
 use std::path::Path;
 
 /// A small-footprint config: small segments, queue and index files, 1 MiB io_memory.
@@ -83,3 +83,15 @@ pub fn read_all(store: &Store, topic: &str, queue_id: u32) -> Vec<Bytes> {
     out
 }
 pub mod remoting;
+
+/// Path of the segment (of `seg` bytes) holding `off` under store `root`, and the offset
+/// inside it.
+pub fn segment_file(root: &Path, off: CommitLogOffset, seg: u64) -> (std::path::PathBuf, u64) {
+    let base = off.pos() / seg * seg;
+    (
+        root.join("commitlog")
+            .join(off.shard().index().to_string())
+            .join(format!("{base:020}")),
+        off.pos() - base,
+    )
+}
