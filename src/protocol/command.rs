@@ -276,6 +276,16 @@ impl<'a> Rd<'a> {
             .filter(|n| *n <= self.b.len())
             .ok_or(ProtocolError::Truncated(what))
     }
+    /// Skips `n` bytes, returning where they lie in `b`.
+    fn span(
+        &mut self,
+        n: usize,
+        what: &'static str,
+    ) -> Result<std::ops::Range<usize>, ProtocolError> {
+        let start = self.at;
+        self.take(n, what)?;
+        Ok(start..self.at)
+    }
     fn string(&mut self, n: usize, what: &'static str) -> Result<String, ProtocolError> {
         Ok(String::from_utf8_lossy(self.take(n, what)?).into_owned())
     }
@@ -294,20 +304,21 @@ fn decode_binary(header: Bytes) -> Result<RemotingCommand, ProtocolError> {
     let remark = (rl > 0).then(|| r.string(rl, "remark")).transpose()?;
     let el = r.i32("extFields length")?;
     let el = r.len(el as i64, "extFields")?;
-    let map_start = r.at;
-    let map = r.take(el, "extFields")?;
-    let mut m = Rd { b: map, at: 0 };
-    // The fields stay in the header's bytes (see `ExtFields`).
+    let map = r.span(el, "extFields")?;
+    // A reader of the map alone, at its place in the header: the spans it returns are the
+    // fields' places in the header, where they stay (see `ExtFields`).
+    let mut m = Rd {
+        b: &h[..map.end],
+        at: map.start,
+    };
     let mut ext_fields = ExtFields::over(header.clone());
-    while m.at < map.len() {
+    while m.at < map.end {
         let kl = m.i16("key length")?;
         let kl = m.len(kl as i64, "key")?;
-        let k = map_start + m.at..map_start + m.at + kl;
-        m.take(kl, "key")?;
+        let k = m.span(kl, "key")?;
         let vl = m.i32("value length")?;
         let vl = m.len(vl as i64, "value")?;
-        let v = map_start + m.at..map_start + m.at + vl;
-        m.take(vl, "value")?;
+        let v = m.span(vl, "value")?;
         // Java decodes a zero-length string as null: such a field is absent.
         if !k.is_empty() && !v.is_empty() {
             ext_fields.push_raw(k, v);

@@ -88,17 +88,6 @@ impl ExtFields {
         }
     }
 
-    /// Removes `key`, returning whether it was there.
-    pub fn remove(&mut self, key: &str) -> bool {
-        match self.position(key) {
-            Some(i) => {
-                self.fields.remove(i);
-                true
-            }
-            None => false,
-        }
-    }
-
     pub fn len(&self) -> usize {
         self.fields.len()
     }
@@ -131,16 +120,6 @@ impl PartialEq for ExtFields {
 
 impl Eq for ExtFields {}
 
-impl<'a> FromIterator<(&'a str, &'a str)> for ExtFields {
-    fn from_iter<I: IntoIterator<Item = (&'a str, &'a str)>>(it: I) -> ExtFields {
-        let mut e = ExtFields::new();
-        for (k, v) in it {
-            e.insert(k.to_string(), v.to_string());
-        }
-        e
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -160,8 +139,6 @@ mod tests {
         assert_eq!(e.get("topic"), Some("U"));
         let keys: Vec<&str> = e.iter().map(|(k, _)| k).collect();
         assert_eq!(keys, ["a", "dup", "topic"]);
-        assert!(e.remove("a"));
-        assert!(!e.remove("a"));
         assert_eq!(e.get("missing"), None);
     }
 
@@ -177,7 +154,9 @@ mod tests {
         let mut a = ExtFields::over(Bytes::from_static(b"xy"));
         a.push_raw(0..1, 1..2);
         a.insert("b".into(), "c".into());
-        let b: ExtFields = [("b", "c"), ("x", "y")].into_iter().collect();
+        let mut b = ExtFields::new();
+        b.insert("x".into(), "y".into());
+        b.insert("b".into(), "c".into());
         assert_eq!(a, b);
     }
 }
