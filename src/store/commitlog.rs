@@ -10,7 +10,8 @@
 //! - Records never span segments: a record that does not fit (`len + 8 > remaining`) is
 //!   preceded by an 8-byte blank record (reference §5.2) and starts the next segment.
 //! - `ASYNC_FLUSH` appends complete at `written`; `SYNC_FLUSH` appends at `durable`, and one
-//!   flush round (writes + one `fdatasync`) covers every append waiting (group commit).
+//!   flush round covers every append waiting (group commit). SYNC_FLUSH segments are
+//!   `O_DSYNC`, so a round is just its writes; ASYNC_FLUSH rounds `fdatasync` on an interval.
 
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
@@ -148,6 +149,8 @@ pub struct CommitLog {
     shard: ShardId,
     dir: PathBuf,
     seg_size: u64,
+    /// Segments are `O_DSYNC` (SYNC_FLUSH): a completed write is durable.
+    dsync: bool,
     cfg: StoreConfig,
     segments: RefCell<Vec<Rc<Segment>>>,
     st: RefCell<WriteState>,
@@ -210,12 +213,23 @@ pub async fn create_dir_all(dir: &Path) -> Result<()> {
     blocking(move || std::fs::create_dir_all(&d).map_err(io_err("creating directory", &d))).await
 }
 
-async fn open_segment(dir: &Path, base: u64, size: u64, create: bool) -> Result<Rc<Segment>> {
+/// Opens (with `create`, creating and preallocating) the segment at `base`. With `dsync` the
+/// file is `O_DSYNC`: each write completes only once durable, so SYNC_FLUSH needs no separate
+/// `fdatasync` (one device round trip per flush round instead of two).
+async fn open_segment(
+    dir: &Path,
+    base: u64,
+    size: u64,
+    create: bool,
+    dsync: bool,
+) -> Result<Rc<Segment>> {
     let path = dir.join(file_name(base));
-    let file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(create)
+    let mut opts = OpenOptions::new();
+    opts.read(true).write(true).create(create);
+    if dsync {
+        opts.custom_flags(libc::O_DSYNC);
+    }
+    let file = opts
         .dma_open(&path)
         .await
         .map_err(io_err("opening segment", &path))?;
@@ -295,6 +309,7 @@ impl CommitLog {
         let dir = cfg.commitlog_dir.join(shard.index().to_string());
         create_dir_all(&dir).await?;
         let seg_size = cfg.segment_size;
+        let dsync = cfg.flush_disk_type == FlushDiskType::SyncFlush;
         let bases = list_numbered(&dir, parse_file_name).await?;
         let mut segments = Vec::with_capacity(bases.len());
         for b in bases {
@@ -308,12 +323,13 @@ impl CommitLog {
                     ),
                 });
             }
-            segments.push(open_segment(&dir, b, seg_size, false).await?);
+            segments.push(open_segment(&dir, b, seg_size, false, dsync).await?);
         }
         let log = Rc::new(CommitLog {
             shard,
             dir,
             seg_size,
+            dsync,
             cfg: cfg.clone(),
             segments: RefCell::new(segments),
             st: RefCell::new(WriteState {
@@ -803,9 +819,9 @@ impl CommitLog {
         let seg = match pending {
             Some(h) => match h.await {
                 Some(Ok(s)) if s.base == base => s,
-                _ => open_segment(&self.dir, base, self.seg_size, true).await?,
+                _ => open_segment(&self.dir, base, self.seg_size, true, self.dsync).await?,
             },
-            None => open_segment(&self.dir, base, self.seg_size, true).await?,
+            None => open_segment(&self.dir, base, self.seg_size, true, self.dsync).await?,
         };
         {
             let mut segs = self.segments.borrow_mut();
@@ -817,9 +833,10 @@ impl CommitLog {
             segs.insert(i, seg.clone());
         }
         let dir = self.dir.clone();
-        let (next, size) = (base + self.seg_size, self.seg_size);
-        let h = glommio::spawn_local(async move { open_segment(&dir, next, size, true).await })
-            .detach();
+        let (next, size, dsync) = (base + self.seg_size, self.seg_size, self.dsync);
+        let h =
+            glommio::spawn_local(async move { open_segment(&dir, next, size, true, dsync).await })
+                .detach();
         *self.next_segment.borrow_mut() = Some(h);
         Ok(seg)
     }
@@ -906,7 +923,8 @@ impl CommitLog {
     }
 
     /// The flusher: runs until [`CommitLog::close`]. One round = DMA writes of everything
-    /// written so far, then (SYNC_FLUSH, or the interval elapsed) one fdatasync per segment.
+    /// written so far, then, when the interval elapsed, one fdatasync per segment (SYNC_FLUSH
+    /// writes are `O_DSYNC`, durable when they complete).
     pub async fn run_flusher(self: Rc<Self>) {
         let interval = Duration::from_millis(self.cfg.flush_interval_ms.max(1));
         let sync_mode = self.cfg.flush_disk_type == FlushDiskType::SyncFlush;
@@ -962,6 +980,9 @@ impl CommitLog {
                 }
                 let due = sync_mode || closing || last_sync.elapsed() >= interval;
                 if due && self.st.borrow().durable < target {
+                    if self.dsync {
+                        unsynced.clear();
+                    }
                     for s in unsynced.drain(..) {
                         s.file
                             .fdatasync()
@@ -1002,7 +1023,8 @@ impl CommitLog {
     /// after them then carries no extent conversion. Runs until [`CommitLog::close`].
     pub async fn run_warmer(self: Rc<Self>) {
         // Small writes, so a data write or fdatasync never queues behind a long one; one
-        // fdatasync per SYNC_EVERY commits their extent conversions.
+        // fdatasync per SYNC_EVERY commits their extent conversions (O_DSYNC segments commit
+        // their own).
         const CHUNK: u64 = 256 << 10;
         const SYNC_EVERY: u64 = 4 << 20;
         // Within about one segment: tiny test segments must not multiply ahead of need.
@@ -1052,7 +1074,7 @@ impl CommitLog {
                     .await
                     .map_err(io_err("warming segment", &seg.path))?;
                 unsynced += end - start;
-                if unsynced >= SYNC_EVERY || end % self.seg_size == 0 {
+                if !self.dsync && unsynced >= SYNC_EVERY || end % self.seg_size == 0 {
                     unsynced = 0;
                     seg.file
                         .fdatasync()

@@ -12,7 +12,7 @@ use super::error::{Result, StoreError};
 pub enum FlushDiskType {
     /// Acknowledge once the record is in the shard's write buffer; flush on an interval.
     AsyncFlush,
-    /// Acknowledge after the record is durable (group commit: one write + fdatasync).
+    /// Acknowledge after the record is durable (group commit: one `O_DSYNC` write per round).
     SyncFlush,
 }
 
@@ -146,8 +146,8 @@ pub struct StoreConfig {
     pub max_write_bytes: u64,
     /// `warmMapedFileEnable`: write zeros ahead of the commitlog's tail (and `fdatasync`
     /// them), so appends land in blocks the filesystem already maps as written and an
-    /// `fdatasync` commits no extent conversion. `None` turns it on for `SYNC_FLUSH`, where
-    /// every acknowledgement waits for an `fdatasync`.
+    /// a durable write commits no extent conversion. `None` turns it on for `SYNC_FLUSH`,
+    /// where every acknowledgement waits for one.
     pub warm_segments: Option<bool>,
     /// How far ahead of the tail the zeros are kept, when warming.
     pub warm_ahead_bytes: u64,
