@@ -30,10 +30,13 @@ pub fn encode(items: &[BatchItem]) -> Vec<u8> {
     out
 }
 
-/// Decodes a batch body; every length is checked against the bytes present.
-pub fn decode(mut b: &[u8]) -> Result<Vec<BatchItem>, String> {
+/// Decodes a batch body; every length is checked against the bytes present. Bodies and
+/// properties are slices of `batch`, not copies.
+pub fn decode(batch: &Bytes) -> Result<Vec<BatchItem>, String> {
     let mut out = Vec::new();
-    while !b.is_empty() {
+    let mut at = 0;
+    while at < batch.len() {
+        let b = &batch[at..];
         if b.len() < 20 {
             return Err("truncated item header".into());
         }
@@ -42,25 +45,25 @@ pub fn decode(mut b: &[u8]) -> Result<Vec<BatchItem>, String> {
             .ok()
             .filter(|t| *t >= 22 && *t <= b.len())
             .ok_or("bad item TOTALSIZE")?;
-        let mut item = &b[..total];
-        item.advance(12);
+        let mut item = &b[12..total];
         let flag = item.get_i32();
         let body_len = usize::try_from(item.get_i32()).map_err(|_| "bad body length")?;
         if body_len + 2 > item.len() {
             return Err("body overruns its item".into());
         }
-        let body = Bytes::copy_from_slice(&item[..body_len]);
+        let body_at = at + 20;
         item.advance(body_len);
         let props_len = usize::try_from(item.get_i16()).map_err(|_| "bad properties length")?;
         if props_len != item.len() {
             return Err("properties do not fill the item".into());
         }
+        let props_at = body_at + body_len + 2;
         out.push(BatchItem {
             flag,
-            body,
-            properties: Bytes::copy_from_slice(item),
+            body: batch.slice(body_at..body_at + body_len),
+            properties: batch.slice(props_at..props_at + props_len),
         });
-        b = &b[total..];
+        at += total;
     }
     if out.is_empty() {
         return Err("empty batch".into());
@@ -84,7 +87,7 @@ mod tests {
     #[test]
     fn golden_layout_and_cuts() {
         let items = vec![item(7, b"one", b"UNIQ_KEY\x01A\x02"), item(0, b"two", b"")];
-        let b = encode(&items);
+        let b = Bytes::from(encode(&items));
         assert_eq!(&b[0..4], &36i32.to_be_bytes());
         assert_eq!(&b[4..12], &[0; 8]);
         assert_eq!(&b[12..16], &7i32.to_be_bytes());
@@ -93,14 +96,14 @@ mod tests {
         assert_eq!(&b[23..25], &11i16.to_be_bytes());
         assert_eq!(decode(&b).unwrap(), items);
         for cut in 1..b.len() {
-            match decode(&b[..cut]) {
+            match decode(&b.slice(..cut)) {
                 // A cut at an item boundary is a shorter, valid batch.
                 Ok(got) => assert!(cut == 36 && got.len() == 1, "cut {cut}"),
                 Err(_) => assert_ne!(cut, 36),
             }
         }
-        assert!(decode(&[0xFF; 40]).is_err());
-        assert!(decode(&[]).is_err());
+        assert!(decode(&Bytes::from_static(&[0xFF; 40])).is_err());
+        assert!(decode(&Bytes::new()).is_err());
     }
 
     proptest! {
@@ -109,12 +112,12 @@ mod tests {
             (any::<i32>(), proptest::collection::vec(any::<u8>(), 0..200), proptest::collection::vec(any::<u8>(), 0..50)),
             1..8)) {
             let items: Vec<BatchItem> = items.iter().map(|(f, b, p)| item(*f, b, p)).collect();
-            prop_assert_eq!(decode(&encode(&items)).unwrap(), items);
+            prop_assert_eq!(decode(&Bytes::from(encode(&items))).unwrap(), items);
         }
 
         #[test]
         fn garbage_never_panics(b in proptest::collection::vec(any::<u8>(), 0..300)) {
-            let _ = decode(&b);
+            let _ = decode(&Bytes::from(b));
         }
     }
 }
