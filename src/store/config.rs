@@ -177,10 +177,11 @@ pub struct StoreConfig {
     pub store_host: SocketAddr,
     /// glommio `io_memory` per executor; `ulimit -l` bounds it (see DESIGN platform notes).
     pub io_memory: usize,
-    /// How long an idle shard polls for work before it sleeps (µs). Going to sleep costs a
-    /// `membarrier` (an IPI to every core running the broker) and waking costs a scheduler
-    /// round trip; polling a little longer keeps both off the path of closely spaced
-    /// requests, at the price of that much CPU after each burst.
+    /// How long an idle shard polls for work before it sleeps (µs; `shardSpinMicros`, default
+    /// 50). Waking a sleeping shard costs a scheduler round trip (on a VM, a VM exit too),
+    /// and a request that hops to another shard can pay it twice; polling a little longer
+    /// keeps that off the path of closely spaced requests, at the price of up to that much
+    /// CPU after each burst. 0 never polls (for hosts where idle CPU is billed).
     pub spin_before_park_us: u64,
     /// Source of store timestamps and retention ages.
     pub clock: Clock,
@@ -230,7 +231,7 @@ impl StoreConfig {
             delete_files_interval_ms: 100,
             store_host: SocketAddr::from(([127, 0, 0, 1], 10911)),
             io_memory: 1 << 20,
-            spin_before_park_us: 0,
+            spin_before_park_us: 50,
             clock: system_clock(),
         }
     }
