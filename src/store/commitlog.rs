@@ -149,8 +149,6 @@ pub struct CommitLog {
     shard: ShardId,
     dir: PathBuf,
     seg_size: u64,
-    /// Segments are `O_DSYNC` (SYNC_FLUSH): a completed write is durable.
-    dsync: bool,
     cfg: StoreConfig,
     segments: RefCell<Vec<Rc<Segment>>>,
     st: RefCell<WriteState>,
@@ -309,7 +307,7 @@ impl CommitLog {
         let dir = cfg.commitlog_dir.join(shard.index().to_string());
         create_dir_all(&dir).await?;
         let seg_size = cfg.segment_size;
-        let dsync = cfg.flush_disk_type == FlushDiskType::SyncFlush;
+        let dsync = cfg.dsync_segments();
         let bases = list_numbered(&dir, parse_file_name).await?;
         let mut segments = Vec::with_capacity(bases.len());
         for b in bases {
@@ -329,7 +327,6 @@ impl CommitLog {
             shard,
             dir,
             seg_size,
-            dsync,
             cfg: cfg.clone(),
             segments: RefCell::new(segments),
             st: RefCell::new(WriteState {
@@ -816,12 +813,14 @@ impl CommitLog {
             return Ok(s);
         }
         let pending = self.next_segment.borrow_mut().take();
+        let dsync = self.cfg.dsync_segments();
+        let open_here = || open_segment(&self.dir, base, self.seg_size, true, dsync);
         let seg = match pending {
             Some(h) => match h.await {
                 Some(Ok(s)) if s.base == base => s,
-                _ => open_segment(&self.dir, base, self.seg_size, true, self.dsync).await?,
+                _ => open_here().await?,
             },
-            None => open_segment(&self.dir, base, self.seg_size, true, self.dsync).await?,
+            None => open_here().await?,
         };
         {
             let mut segs = self.segments.borrow_mut();
@@ -833,7 +832,7 @@ impl CommitLog {
             segs.insert(i, seg.clone());
         }
         let dir = self.dir.clone();
-        let (next, size, dsync) = (base + self.seg_size, self.seg_size, self.dsync);
+        let (next, size) = (base + self.seg_size, self.seg_size);
         let h =
             glommio::spawn_local(async move { open_segment(&dir, next, size, true, dsync).await })
                 .detach();
@@ -930,6 +929,8 @@ impl CommitLog {
         let sync_mode = self.cfg.flush_disk_type == FlushDiskType::SyncFlush;
         let mut last_sync = Instant::now();
         let mut last_write = last_sync;
+        // Segments written since their last fdatasync (never any for O_DSYNC segments).
+        let dsync = self.cfg.dsync_segments();
         let mut unsynced: Vec<Rc<Segment>> = Vec::new();
         loop {
             if sync_mode {
@@ -968,7 +969,7 @@ impl CommitLog {
             let result = async {
                 if target > self.st.borrow().flushed {
                     for s in self.write_through(target).await? {
-                        if !unsynced.iter().any(|u| u.base == s.base) {
+                        if !dsync && !unsynced.iter().any(|u| u.base == s.base) {
                             unsynced.push(s);
                         }
                     }
@@ -980,9 +981,6 @@ impl CommitLog {
                 }
                 let due = sync_mode || closing || last_sync.elapsed() >= interval;
                 if due && self.st.borrow().durable < target {
-                    if self.dsync {
-                        unsynced.clear();
-                    }
                     for s in unsynced.drain(..) {
                         s.file
                             .fdatasync()
@@ -1074,7 +1072,9 @@ impl CommitLog {
                     .await
                     .map_err(io_err("warming segment", &seg.path))?;
                 unsynced += end - start;
-                if !self.dsync && unsynced >= SYNC_EVERY || end % self.seg_size == 0 {
+                if (!self.cfg.dsync_segments() && unsynced >= SYNC_EVERY)
+                    || end % self.seg_size == 0
+                {
                     unsynced = 0;
                     seg.file
                         .fdatasync()

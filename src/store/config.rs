@@ -145,8 +145,8 @@ pub struct StoreConfig {
     /// Largest single DMA write.
     pub max_write_bytes: u64,
     /// `warmMapedFileEnable`: write zeros ahead of the commitlog's tail (and `fdatasync`
-    /// them), so appends land in blocks the filesystem already maps as written and an
-    /// a durable write commits no extent conversion. `None` turns it on for `SYNC_FLUSH`,
+    /// them), so appends land in blocks the filesystem already maps as written and a
+    /// durable write commits no extent conversion. `None` turns it on for `SYNC_FLUSH`,
     /// where every acknowledgement waits for one.
     pub warm_segments: Option<bool>,
     /// How far ahead of the tail the zeros are kept, when warming.
@@ -245,6 +245,12 @@ impl StoreConfig {
                 .map(|n| n.get())
                 .unwrap_or(1)
         }
+    }
+
+    /// Whether commitlog segments are opened `O_DSYNC` (SYNC_FLUSH): a completed write is
+    /// durable, so no `fdatasync` follows it.
+    pub fn dsync_segments(&self) -> bool {
+        self.flush_disk_type == FlushDiskType::SyncFlush
     }
 
     /// Whether the commitlog writes zeros ahead of its tail (see `warm_segments`).

@@ -306,7 +306,7 @@ impl SleepNotifier {
     }
 
     pub(crate) fn notify(&self, force: bool) {
-        // CoreMQ patch: pairs with the fence in `Reactor::sleep` (Dekker): whatever this
+        // CoreMQ patch: pairs with the fence in `Reactor::wait` before it sleeps (Dekker): whatever this
         // thread queued for the sleeper is visible before it reads `should_notify`.
         std::sync::atomic::fence(Ordering::SeqCst);
         if self
