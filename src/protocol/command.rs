@@ -311,7 +311,8 @@ fn decode_binary(header: Bytes) -> Result<RemotingCommand, ProtocolError> {
         b: &h[..map.end],
         at: map.start,
     };
-    let mut ext_fields = ExtFields::over(header.clone());
+    // A field takes at least 8 bytes (two lengths and a byte each): one allocation for all.
+    let mut ext_fields = ExtFields::over(header.clone(), (el / 8).min(32));
     while m.at < map.end {
         let kl = m.i16("key length")?;
         let kl = m.len(kl as i64, "key")?;

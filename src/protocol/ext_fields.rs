@@ -3,10 +3,42 @@
 //! Every request carries ten to twenty of them, so they are kept cheap: fields decoded from a
 //! ROCKETMQ binary header stay in the received header's bytes (a shared [`Bytes`], checked
 //! for UTF-8 once) instead of becoming two `String`s each in a tree map; fields set by our
-//! code are owned. Lookups scan the few entries. Iteration (for encoding) is in key order, as
-//! fastjson writes bean fields.
+//! code are owned. Lookups scan the few entries by key tag (see `KeyTag`). Iteration (for
+//! encoding) is in key order, as fastjson writes bean fields.
 
 use bytes::Bytes;
+
+/// The first 8 bytes of a key (zero-padded) and its length: two keys of 8 bytes or less are
+/// equal exactly when their tags are, so a lookup compares integers held in the field list
+/// instead of calling `memcmp` on bytes behind it. A send header has 10–15 fields, and
+/// decoding one looks each of them up; the V2 header's keys are single letters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct KeyTag(u64, u32);
+
+impl KeyTag {
+    #[inline]
+    fn of(key: &str) -> KeyTag {
+        let b = key.as_bytes();
+        let mut head = [0u8; 8];
+        let n = b.len().min(8);
+        head[..n].copy_from_slice(&b[..n]);
+        KeyTag(u64::from_ne_bytes(head), b.len() as u32)
+    }
+
+    /// Whether a tag match is already a key match.
+    #[inline]
+    fn is_whole(self) -> bool {
+        self.1 <= 8
+    }
+}
+
+/// One field: the key's tag beside the key and the value.
+#[derive(Debug, Clone)]
+struct Field {
+    tag: KeyTag,
+    key: Text,
+    value: Text,
+}
 
 /// A key or a value: a range of the shared header bytes (known to be UTF-8), or owned.
 #[derive(Debug, Clone)]
@@ -19,7 +51,7 @@ enum Text {
 #[derive(Debug, Clone, Default)]
 pub struct ExtFields {
     raw: Bytes,
-    fields: Vec<(Text, Text)>,
+    fields: Vec<Field>,
 }
 
 impl ExtFields {
@@ -27,11 +59,12 @@ impl ExtFields {
         ExtFields::default()
     }
 
-    /// Fields that will point into `raw` (the header they are decoded from).
-    pub(super) fn over(raw: Bytes) -> ExtFields {
+    /// Room for `capacity` fields that will point into `raw` (the header they are decoded
+    /// from).
+    pub(super) fn over(raw: Bytes, capacity: usize) -> ExtFields {
         ExtFields {
             raw,
-            fields: Vec::new(),
+            fields: Vec::with_capacity(capacity),
         }
     }
 
@@ -51,40 +84,48 @@ impl ExtFields {
     /// [`ExtFields::over`]); a later field replaces an earlier one with the same key, as a
     /// map insert does. Bytes that are not UTF-8 are decoded lossily (as Java would).
     pub(super) fn push_raw(&mut self, key: std::ops::Range<usize>, value: std::ops::Range<usize>) {
-        let k = self.raw_text(key);
-        let v = self.raw_text(value);
-        match self.position(self.text(&k)) {
-            Some(i) => self.fields[i].1 = v,
-            None => self.fields.push((k, v)),
+        let key = self.raw_text(key);
+        let value = self.raw_text(value);
+        let tag = KeyTag::of(self.text(&key));
+        match self.position(tag, self.text(&key)) {
+            Some(i) => self.fields[i].value = value,
+            None => self.fields.push(Field { tag, key, value }),
         }
     }
 
     fn raw_text(&self, r: std::ops::Range<usize>) -> Text {
         let b = &self.raw[r.clone()];
-        match (
-            std::str::from_utf8(b),
-            u32::try_from(r.start),
-            u32::try_from(r.len()),
-        ) {
-            (Ok(_), Ok(start), Ok(len)) => Text::Raw { start, len },
+        // Nearly every header is ASCII; `is_ascii` is inlined and word-at-a-time.
+        let utf8 = b.is_ascii() || std::str::from_utf8(b).is_ok();
+        match (utf8, u32::try_from(r.start), u32::try_from(r.len())) {
+            (true, Ok(start), Ok(len)) => Text::Raw { start, len },
             _ => Text::Owned(String::from_utf8_lossy(b).into_owned()),
         }
     }
 
-    fn position(&self, key: &str) -> Option<usize> {
-        self.fields.iter().position(|(k, _)| self.text(k) == key)
+    /// The index of the field `key`, whose tag is `tag`.
+    fn position(&self, tag: KeyTag, key: &str) -> Option<usize> {
+        self.fields
+            .iter()
+            .position(|f| f.tag == tag && (tag.is_whole() || self.text(&f.key) == key))
     }
 
     /// The value of `key`.
     pub fn get(&self, key: &str) -> Option<&str> {
-        self.position(key).map(|i| self.text(&self.fields[i].1))
+        self.position(KeyTag::of(key), key)
+            .map(|i| self.text(&self.fields[i].value))
     }
 
     /// Sets `key` to `value`, replacing any value it had.
     pub fn insert(&mut self, key: String, value: String) {
-        match self.position(&key) {
-            Some(i) => self.fields[i].1 = Text::Owned(value),
-            None => self.fields.push((Text::Owned(key), Text::Owned(value))),
+        let tag = KeyTag::of(&key);
+        match self.position(tag, &key) {
+            Some(i) => self.fields[i].value = Text::Owned(value),
+            None => self.fields.push(Field {
+                tag,
+                key: Text::Owned(key),
+                value: Text::Owned(value),
+            }),
         }
     }
 
@@ -101,7 +142,7 @@ impl ExtFields {
     pub fn iter_unordered(&self) -> impl Iterator<Item = (&str, &str)> {
         self.fields
             .iter()
-            .map(|(k, v)| (self.text(k), self.text(v)))
+            .map(|f| (self.text(&f.key), self.text(&f.value)))
     }
 
     /// The fields in key order.
@@ -127,7 +168,7 @@ mod tests {
     #[test]
     fn raw_and_owned_fields_read_alike_and_later_keys_win() {
         let raw = Bytes::from_static(b"topicTdupA\xffdupB");
-        let mut e = ExtFields::over(raw);
+        let mut e = ExtFields::over(raw, 0);
         e.push_raw(0..5, 5..6); // topic = T
         e.push_raw(6..9, 9..11); // dup = A\xff (lossy)
         e.push_raw(6..9, 11..15); // dup = dupB, replacing the first
@@ -143,15 +184,31 @@ mod tests {
     }
 
     #[test]
+    fn keys_sharing_their_first_eight_bytes_stay_apart() {
+        let mut e = ExtFields::new();
+        e.insert("defaultTopic".into(), "a".into());
+        e.insert("defaultTopicQueueNums".into(), "4".into());
+        e.insert("defaultT".into(), "b".into());
+        e.insert("defaultTopic".into(), "c".into());
+        assert_eq!(e.len(), 3);
+        assert_eq!(e.get("defaultTopic"), Some("c"));
+        assert_eq!(e.get("defaultTopicQueueNums"), Some("4"));
+        assert_eq!(e.get("defaultT"), Some("b"));
+        assert_eq!(e.get("defaultTopicX"), None);
+        assert_eq!(e.get("defaultTopiX"), None);
+        assert_eq!(e.get(""), None);
+    }
+
+    #[test]
     fn invalid_utf8_is_decoded_lossily() {
-        let mut e = ExtFields::over(Bytes::from_static(b"k\xff"));
+        let mut e = ExtFields::over(Bytes::from_static(b"k\xff"), 1);
         e.push_raw(0..1, 1..2);
         assert_eq!(e.get("k"), Some("\u{fffd}"));
     }
 
     #[test]
     fn equality_ignores_order_and_storage() {
-        let mut a = ExtFields::over(Bytes::from_static(b"xy"));
+        let mut a = ExtFields::over(Bytes::from_static(b"xy"), 1);
         a.push_raw(0..1, 1..2);
         a.insert("b".into(), "c".into());
         let mut b = ExtFields::new();
