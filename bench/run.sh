@@ -33,11 +33,35 @@ cargo build --release --locked --bins >&2
 BIN="$PWD/target/release"
 STAMP=$(date -u +%Y%m%dT%H%M%SZ)
 mkdir -p bench/results "$DIR"
+# A full run keeps up to ~30 GB of stores under $DIR (1 GiB segments, preallocated); running
+# out of space midway loses the run's cells and leaves errors that look like the broker's.
+NEED_GB=${BENCH_MIN_FREE_GB:-30}
+FREE_GB=$(df -Pk "$DIR" | awk 'NR==2 {print int($4 / 1048576)}')
+if [ "$FREE_GB" -lt "$NEED_GB" ]; then
+  echo "bench/run.sh: $DIR has $FREE_GB GB free; a run needs about $NEED_GB GB" \
+    "(BENCH_MIN_FREE_GB=N to override)" >&2
+  exit 1
+fi
 OUT="$PWD/bench/results/run-$STAMP.jsonl"
 MD="$PWD/bench/results/run-$STAMP.md"
 : >"$OUT"
 PIDS=()
-cleanup() { for p in "${PIDS[@]:-}"; do kill "$p" 2>/dev/null || true; done; }
+# On any exit: SIGTERM everything started, then SIGKILL what is still there after 10 s, so a
+# failed run never leaves a broker behind.
+cleanup() {
+  local p left
+  for p in "${PIDS[@]:-}"; do kill "$p" 2>/dev/null || true; done
+  for _ in $(seq 1 100); do
+    left=0
+    for p in "${PIDS[@]:-}"; do kill -0 "$p" 2>/dev/null && left=1; done
+    [ "$left" = 0 ] && return 0
+    sleep 0.1
+  done
+  for p in "${PIDS[@]:-}"; do
+    kill -0 "$p" 2>/dev/null && echo "pid $p did not stop on SIGTERM: killed" >&2
+    kill -9 "$p" 2>/dev/null || true
+  done
+}
 trap cleanup EXIT
 
 log() { echo "== $*" >&2; }
