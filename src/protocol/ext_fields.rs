@@ -19,10 +19,12 @@ impl KeyTag {
     #[inline]
     fn of(key: &str) -> KeyTag {
         let b = key.as_bytes();
-        let mut head = [0u8; 8];
-        let n = b.len().min(8);
-        head[..n].copy_from_slice(&b[..n]);
-        KeyTag(u64::from_ne_bytes(head), b.len() as u32)
+        // A byte loop, not `copy_from_slice` of a variable length: that is a `memcpy` call.
+        let mut head = 0u64;
+        for (i, &c) in b.iter().take(8).enumerate() {
+            head |= (c as u64) << (8 * i);
+        }
+        KeyTag(head, b.len() as u32)
     }
 
     /// Whether a tag match is already a key match.
