@@ -102,11 +102,10 @@ fn async_flush_writes_at_most_once_per_commit_interval() {
     cfg.commit_interval_ms = 300;
     cfg.flush_interval_ms = 10_000;
     let store = Store::open(cfg).unwrap();
-    // The first append is written at once (nothing was written for an interval); the
-    // second, right behind it, waits for the interval to pass. The flusher counts the
-    // interval from the start of the first write, which is after `t0`: so the second
-    // write completes at least one interval after `t0`, however slow the disk is.
-    // First let one interval pass since open, which the flusher counts as a write.
+    // The flusher counts its start as a write: let one interval pass, so the first append
+    // is written at once; the second, right behind it, waits for the interval to pass.
+    // The interval runs from the start of the first write, which is after `t0`: so the
+    // second write completes at least one interval after `t0`, however slow the disk is.
     std::thread::sleep(Duration::from_millis(350));
     let t0 = Instant::now();
     block(store.put(vec![msg("T", 0, b"first", "", "", "")])).unwrap();

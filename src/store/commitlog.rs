@@ -929,8 +929,8 @@ impl CommitLog {
         let sync_mode = self.cfg.flush_disk_type == FlushDiskType::SyncFlush;
         let mut last_sync = Instant::now();
         let mut last_write = last_sync;
-        // Segments written since their last fdatasync (never any for O_DSYNC segments).
         let dsync = self.cfg.dsync_segments();
+        // Segments written since their last fdatasync (never any for O_DSYNC segments).
         let mut unsynced: Vec<Rc<Segment>> = Vec::new();
         loop {
             if sync_mode {
