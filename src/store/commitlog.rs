@@ -1209,6 +1209,40 @@ mod tests {
     }
 
     #[test]
+    fn chunk_pool_reuses_a_block_only_once_its_runs_are_gone() {
+        let mut pool = ChunkPool::new(0);
+        let mut first = pool.take(100);
+        let addr = first.as_ptr();
+        first.extend_from_slice(b"record");
+        let run = first.split().freeze();
+        drop(first);
+        // A run of the first block is still cached: the next block is a new one.
+        let second = pool.take(100);
+        assert_ne!(second.as_ptr(), addr);
+        drop(run);
+        // Evicted: the first block comes back, whole, without a copy.
+        let third = pool.take(100);
+        assert_eq!(third.as_ptr(), addr);
+        assert!(third.capacity() >= CHUNK_BLOCK);
+        // Larger than a block: its own allocation, never pooled.
+        let big = pool.take(CHUNK_BLOCK + 1);
+        assert!(big.capacity() > CHUNK_BLOCK);
+        assert!(pool.blocks.len() <= pool.max_blocks);
+    }
+
+    #[test]
+    fn pinned_blocks_are_let_go_past_the_bound() {
+        let mut pool = ChunkPool::new(0);
+        let mut held = Vec::new();
+        for _ in 0..pool.max_blocks * 2 {
+            let mut b = pool.take(10);
+            b.extend_from_slice(b"x");
+            held.push(b.split().freeze());
+        }
+        assert!(pool.blocks.len() <= pool.max_blocks);
+    }
+
+    #[test]
     fn tail_cache_get_copy_and_evict() {
         let mut c = TailCache::default();
         c.push(100, Bytes::from_static(b"abcdef"));
