@@ -116,8 +116,9 @@ const CHUNK_BLOCK: usize = 1 << 20;
 /// Each block keeps an empty handle here; when its runs are all evicted the handle is the
 /// only owner and `try_reclaim` hands the whole block back without allocating. A fresh
 /// block is fresh memory, a page fault per 4 KiB appended (~14k/s pipelined), and so is one
-/// the allocator gave back to the kernel after its runs were evicted (bench/README.md,
-/// session 8: memory kept mapped cut the faults to ~1k/s).
+/// the allocator gave back to the kernel after its runs were evicted. Past the cache's first
+/// fill the pool took the faults from 2.8-3.0k/s to 0.9-1.9k/s (bench/README.md, session 8);
+/// it holds no more than the cache and the unflushed tail would anyway, plus 8 blocks.
 struct ChunkPool {
     blocks: std::collections::VecDeque<BytesMut>,
     max_blocks: usize,
