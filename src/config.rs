@@ -85,6 +85,11 @@ where
 /// Blocks SIGTERM and SIGINT in this thread (call first in `main`, so every thread inherits
 /// it) and returns a channel that receives once either arrives.
 pub fn termination_signals() -> flume::Receiver<()> {
+    // A write past the file-size limit (`ulimit -f`) must fail with EFBIG, which the store
+    // turns into a logged flush error and a clean refusal of further writes, not kill the
+    // process with SIGXFSZ (its default) mid-write. The JVM ignores it likewise.
+    // SAFETY: setting a signal's disposition to SIG_IGN involves no handler code.
+    unsafe { libc::signal(libc::SIGXFSZ, libc::SIG_IGN) };
     // SAFETY: plain signal-mask calls on a local sigset.
     let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
     unsafe {

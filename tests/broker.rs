@@ -453,6 +453,91 @@ fn sigkill_during_sync_flush_sends_loses_no_acknowledged_message() {
 }
 
 #[test]
+fn a_failed_disk_write_refuses_sends_and_sigterm_still_stops_the_broker() {
+    // The file-size limit (`ulimit -f`) lowered under a running SYNC_FLUSH broker makes its
+    // next commitlog write fail with EFBIG (not kill it with SIGXFSZ): sends are refused,
+    // SIGTERM stops it with an error, and after a restart every acknowledged message is there.
+    let dir = tempfile::tempdir().unwrap();
+    let (_ns, ns_port) = start_namesrv(dir.path(), &[]);
+    let store = dir.path().join("store");
+    let (mut broker, port) = start_broker(&store, ns_port, &["flushDiskType=SYNC_FLUSH"]);
+    let mut c = Client::connect(port);
+    let mut acked = Vec::new();
+    for i in 0..40 {
+        let body = format!("m{i}");
+        assert_eq!(
+            send_v2(&mut c, "Full", 0, &body, "", "", "").code,
+            response::SUCCESS
+        );
+        acked.push(body);
+    }
+    let limit = libc::rlimit {
+        rlim_cur: 4096,
+        rlim_max: libc::RLIM_INFINITY,
+    };
+    let pid = broker.0.id() as libc::pid_t;
+    // SAFETY: prlimit on our own child with a valid struct; nothing is read back.
+    let rc = unsafe { libc::prlimit(pid, libc::RLIMIT_FSIZE, &limit, std::ptr::null_mut()) };
+    assert_eq!(rc, 0, "prlimit: {}", std::io::Error::last_os_error());
+    let mut refused = None;
+    for i in 40..240 {
+        let body = format!("m{i}");
+        let r = send_v2(&mut c, "Full", 0, &body, "", "", "");
+        if r.code != response::SUCCESS {
+            refused = Some(r);
+            break;
+        }
+        acked.push(body);
+    }
+    let refused = refused.expect("sends still acknowledged past the file-size limit");
+    assert!(
+        refused
+            .remark
+            .as_deref()
+            .unwrap_or("")
+            .contains("File too large"),
+        "refusal: {:?}",
+        refused.remark
+    );
+    // SAFETY: a signal to our own child.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(s) = broker.0.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the broker ignored SIGTERM after a failed write"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    // Exit 1 naming the failure: not killed by a signal, not a clean 0 over lost writes.
+    let log = std::fs::read_to_string(store.join("logs").join("broker.log")).unwrap_or_default();
+    let tail: Vec<&str> = log.lines().rev().take(15).collect();
+    assert_eq!(
+        status.code(),
+        Some(1),
+        "{status:?}; broker log, last lines first: {tail:#?}"
+    );
+    assert!(store.join("abort").exists());
+
+    let (_b2, port) = start_broker(&store, ns_port, &["flushDiskType=SYNC_FLUSH"]);
+    let mut c = Client::connect(port);
+    let mut got = Vec::new();
+    let mut off = 0u64;
+    loop {
+        let r = pull(&mut c, "Full", 0, off, 0);
+        if r.code != response::SUCCESS {
+            break;
+        }
+        got.extend(bodies(&r));
+        off = r.ext("nextBeginOffset").unwrap().parse().unwrap();
+    }
+    assert_eq!(got, acked);
+}
+
+#[test]
 fn topic_and_consume_stats_and_subscription_groups() {
     let dir = tempfile::tempdir().unwrap();
     let (_ns, ns_port) = start_namesrv(dir.path(), &[]);

@@ -3,6 +3,7 @@
 //! cleanly: unregister, flush, offsets saved, `abort` removed.
 
 use clap::Parser;
+use std::io::Write;
 
 // The send path allocates per request (frames, headers, records in flight); glibc's malloc
 // showed as a quarter of the broker's CPU under load.
@@ -76,7 +77,9 @@ fn main() {
 }
 
 fn fail(msg: &str) -> ! {
-    eprintln!("mqbroker: {msg}");
+    // Not `eprintln!`: it panics (exit 101, no message) when stderr cannot be written, e.g.
+    // a file on a full disk or past the file-size limit, the very failures reported here.
+    let _ = writeln!(std::io::stderr(), "mqbroker: {msg}");
     log::error!("{msg}");
     logging::drain();
     std::process::exit(1);

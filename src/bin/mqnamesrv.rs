@@ -4,6 +4,7 @@ use clap::Parser;
 use coremq::config::{read_properties, termination_signals, value};
 use coremq::logging::{self, LogConfig};
 use coremq::namesrv::{serve, NamesrvConfig};
+use std::io::Write;
 
 #[derive(Parser)]
 #[command(name = "mqnamesrv", about = "CoreMQ name server")]
@@ -80,7 +81,9 @@ fn main() {
 }
 
 fn fail(msg: &str) -> ! {
-    eprintln!("mqnamesrv: {msg}");
+    // Not `eprintln!`: it panics (exit 101, no message) when stderr cannot be written, e.g.
+    // a file on a full disk or past the file-size limit, the very failures reported here.
+    let _ = writeln!(std::io::stderr(), "mqnamesrv: {msg}");
     log::error!("{msg}");
     logging::drain();
     std::process::exit(1);
