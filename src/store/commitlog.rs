@@ -24,7 +24,7 @@ use glommio::io::{DmaFile, OpenOptions};
 
 use super::config::{FlushDiskType, StoreConfig};
 use super::dma::{align_down, align_up, DmaPool};
-use super::error::{io_err, Result, StoreError};
+use super::error::{check_written, io_err, Result, StoreError};
 use super::notify::Notify;
 use super::offset::{file_name, parse_file_name, CommitLogOffset, ShardId};
 use crate::message::record::{self, RecordMeta, RecordView, BLANK_MAGIC};
@@ -635,10 +635,8 @@ impl CommitLog {
             if p == page {
                 buf.as_bytes_mut()[..head.len()].copy_from_slice(&head);
             }
-            seg.file
-                .write_at(buf, p - seg.base)
-                .await
-                .map_err(io_err("zeroing torn tail", &seg.path))?;
+            let r = seg.file.write_at(buf, p - seg.base).await;
+            check_written(r, n as usize, "zeroing torn tail", &seg.path)?;
             p += n;
         }
         seg.file
@@ -943,17 +941,7 @@ impl CommitLog {
                 let buf = Rc::new(buf);
                 let n = file.write_rc_at(buf.clone(), at).await;
                 let back = Rc::try_unwrap(buf).ok();
-                let n = n.map_err(io_err("writing segment", &path))?;
-                if n < len {
-                    return Err(StoreError::Io {
-                        op: "writing segment",
-                        path,
-                        source: std::io::Error::new(
-                            std::io::ErrorKind::WriteZero,
-                            format!("short write {n} of {len}"),
-                        ),
-                    });
-                }
+                check_written(n, len, "writing segment", path)?;
                 Ok((len as u64, back))
             }));
             p = q;
@@ -1124,10 +1112,8 @@ impl CommitLog {
                         b
                     }
                 };
-                seg.file
-                    .write_rc_at(buf, start - seg.base)
-                    .await
-                    .map_err(io_err("warming segment", &seg.path))?;
+                let r = seg.file.write_rc_at(buf, start - seg.base).await;
+                check_written(r, len, "warming segment", &seg.path)?;
                 unsynced += end - start;
                 if (!self.cfg.dsync_segments() && unsynced >= SYNC_EVERY)
                     || end % self.seg_size == 0

@@ -15,7 +15,7 @@ use std::rc::Rc;
 use glommio::io::{BufferedFile, OpenOptions};
 
 use super::commitlog::{create_dir_all, list_numbered};
-use super::error::{io_err, Result, StoreError};
+use super::error::{check_written, io_err, Result, StoreError};
 use super::format::CqEntry;
 use super::offset::{file_name, parse_file_name};
 
@@ -232,9 +232,9 @@ impl ConsumeQueue {
             let chunk =
                 bytes[((off - start) * ENTRY) as usize..((end - start) * ENTRY) as usize].to_vec();
             let path = self.dir.join(file_name(base * ENTRY));
-            f.write_at(chunk, (off - base) * ENTRY)
-                .await
-                .map_err(io_err("writing consume queue", &path))?;
+            let len = chunk.len();
+            let r = f.write_at(chunk, (off - base) * ENTRY).await;
+            check_written(r, len, "writing consume queue", &path)?;
             let mut us = self.unsynced.borrow_mut();
             if !us.iter().any(|u| Rc::ptr_eq(u, &f)) {
                 us.push(f);

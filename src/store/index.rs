@@ -14,7 +14,7 @@ use glommio::io::{BufferedFile, OpenOptions};
 
 use super::commitlog::{create_dir_all, list_numbered};
 use super::consume_queue::remove_file;
-use super::error::{io_err, Result, StoreError};
+use super::error::{check_written, io_err, Result, StoreError};
 use super::format::{index_key_hash, IndexEntry, IndexHeader, IndexLayout};
 
 /// The active file's slot table, in file byte order, with a bitmap of changed 4 KiB pages.
@@ -195,21 +195,21 @@ impl IndexFile {
             (entries, first, a.slots.take_dirty_runs())
         };
         let header = self.header.get();
-        let io = io_err("writing index", &self.path);
-        self.file
-            .write_at(entries, layout.entry_pos(first))
-            .await
-            .map_err(io)?;
+        let len = entries.len();
+        let r = self.file.write_at(entries, layout.entry_pos(first)).await;
+        check_written(r, len, "writing index", &self.path)?;
         for (at, bytes) in runs {
-            self.file
+            let len = bytes.len();
+            let r = self
+                .file
                 .write_at(bytes, layout.slot_pos(0) + at as u64)
-                .await
-                .map_err(io_err("writing index", &self.path))?;
+                .await;
+            check_written(r, len, "writing index", &self.path)?;
         }
-        self.file
-            .write_at(header.encode().to_vec(), 0)
-            .await
-            .map_err(io_err("writing index header", &self.path))?;
+        let head = header.encode().to_vec();
+        let len = head.len();
+        let r = self.file.write_at(head, 0).await;
+        check_written(r, len, "writing index header", &self.path)?;
         self.unsynced.set(true);
         Ok(())
     }

@@ -32,7 +32,7 @@ use super::consume_queue::ConsumeQueue;
 /// slices keep any one from holding a core the shards need for long.
 const DELETE_STEP_BYTES: u64 = 2 << 20;
 const DELETE_STEP_PAUSE_MS: u64 = 2;
-use super::error::{io_err, Result, StoreError};
+use super::error::{check_written, io_err, Result, StoreError};
 use super::format::{Checkpoint, CqEntry, IndexLayout, ShardCheckpoint};
 use super::index::{local_time, IndexService};
 use super::notify::Notify;
@@ -679,17 +679,21 @@ impl ShardStore {
         slot.extend_from_slice(&c.consume_queue.to_be_bytes());
         slot.extend_from_slice(&c.index.to_be_bytes());
         let io = || io_err("writing checkpoint", &self.checkpoint_path);
-        self.checkpoint
+        let len = slot.len();
+        let r = self
+            .checkpoint
             .write_at(slot, Checkpoint::shard_pos(self.id.index()) as u64)
-            .await
-            .map_err(io())?;
+            .await;
+        check_written(r, len, "writing checkpoint", &self.checkpoint_path)?;
         if self.id.index() == 0 {
             // Upstream's timestamp fields, for tools that read them.
             let mut head = Vec::with_capacity(24);
             for _ in 0..3 {
                 head.extend_from_slice(&ts.to_be_bytes());
             }
-            self.checkpoint.write_at(head, 0).await.map_err(io())?;
+            let len = head.len();
+            let r = self.checkpoint.write_at(head, 0).await;
+            check_written(r, len, "writing checkpoint", &self.checkpoint_path)?;
         }
         self.checkpoint.fdatasync().await.map_err(io())?;
         Ok(())
