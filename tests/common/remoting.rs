@@ -59,7 +59,10 @@ fn server(name: &str, bin: &str) -> Command {
 
 /// Spawns a server on free ports until one starts (a parallel test may take the same free
 /// port between our probe and the server's bind; the server then exits and we retry).
-fn spawn_on_free_port(mut cmd: impl FnMut(u16) -> Command) -> (Proc, u16) {
+///
+/// `log` is the server's log file, quoted when it never listens (the test's temp dir is gone
+/// by the time anyone reads the failure).
+fn spawn_on_free_port(log: &std::path::Path, mut cmd: impl FnMut(u16) -> Command) -> (Proc, u16) {
     for _ in 0..5 {
         let port = free_port();
         let mut p = Proc(cmd(port).spawn().expect("start server"));
@@ -75,7 +78,14 @@ fn spawn_on_free_port(mut cmd: impl FnMut(u16) -> Command) -> (Proc, u16) {
                 }
                 break;
             }
-            assert!(Instant::now() < deadline, "server never listened on {port}");
+            if Instant::now() >= deadline {
+                let text = std::fs::read_to_string(log).unwrap_or_default();
+                let tail: Vec<&str> = text.lines().rev().take(20).collect();
+                panic!(
+                    "server never listened on {port}; {}, last lines first: {tail:#?}",
+                    log.display()
+                );
+            }
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -84,7 +94,7 @@ fn spawn_on_free_port(mut cmd: impl FnMut(u16) -> Command) -> (Proc, u16) {
 
 /// Starts `mqnamesrv` on a free port with logs in `log_dir`.
 pub fn start_namesrv(log_dir: &std::path::Path, extra: &[&str]) -> (Proc, u16) {
-    spawn_on_free_port(|port| {
+    spawn_on_free_port(&log_dir.join("namesrv.log"), |port| {
         let mut c = server("mqnamesrv", env!("CARGO_BIN_EXE_mqnamesrv"));
         c.args(["--listen-port", &port.to_string(), "--log-dir"])
             .arg(log_dir)
@@ -168,7 +178,7 @@ pub fn req(code: i32, codec: HeaderCodec, ext: &[(&str, &str)]) -> RemotingComma
 
 /// Starts `mqbroker` against a name server, on a free port, with its store in `store`.
 pub fn start_broker(store: &std::path::Path, namesrv_port: u16, extra: &[&str]) -> (Proc, u16) {
-    spawn_on_free_port(|port| {
+    spawn_on_free_port(&store.join("logs").join("broker.log"), |port| {
         let mut args: Vec<String> = vec![
             "-n".into(),
             format!("127.0.0.1:{namesrv_port}"),
