@@ -113,3 +113,27 @@ fn apply_sets_what_differs_once_and_the_revert_script_restores_it() {
     assert_eq!(val(dir.path(), "net.core.somaxconn"), "128");
     let _ = std::fs::remove_file(revert);
 }
+
+#[test]
+fn a_file_size_limit_is_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    fake_tools(dir.path());
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tuning/apply.sh");
+    let path = format!(
+        "{}:{}",
+        dir.path().join("bin").display(),
+        std::env::var("PATH").unwrap()
+    );
+    let out = Command::new("bash")
+        .arg("-c")
+        .arg("ulimit -f 1024 && exec bash \"$0\" --store \"$1\"")
+        .arg(&script)
+        .arg(dir.path())
+        .env("PATH", path)
+        .env("FAKE_SYSCTL", dir.path().join("vals"))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(text.contains("DIFF  ulimit -f"), "{text}");
+}

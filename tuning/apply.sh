@@ -142,6 +142,8 @@ fi
 echo "Files"
 NOFILE=$(ulimit -n)
 if [ "$NOFILE" = unlimited ] || [ "$NOFILE" -ge 1048576 ] 2>/dev/null; then ok "ulimit -n" "$NOFILE"; else diff_ "ulimit -n" "is $NOFILE, want >= topics x queues + clients + 1024 (LimitNOFILE=1048576)"; fi
+FSIZE=$(ulimit -f)
+if [ "$FSIZE" = unlimited ]; then ok "ulimit -f" "$FSIZE"; else diff_ "ulimit -f" "is $FSIZE blocks, want unlimited: a commitlog segment is 1 GiB, and writes past the limit fail (LimitFSIZE=infinity)"; fi
 want_sysctl fs.file-max 2000000 ge
 
 echo
