@@ -70,6 +70,20 @@ fn pull(c: &mut Client, topic: &str, queue: u32, offset: u64, suspend_ms: u64) -
     ))
 }
 
+/// Every message of a queue from offset 0, pulled until the broker has no more.
+fn pull_all(c: &mut Client, topic: &str, queue: u32) -> Vec<String> {
+    let mut got = Vec::new();
+    let mut off = 0u64;
+    loop {
+        let r = pull(c, topic, queue, off, 0);
+        if r.code != response::SUCCESS {
+            return got;
+        }
+        got.extend(bodies(&r));
+        off = r.ext("nextBeginOffset").unwrap().parse().unwrap();
+    }
+}
+
 fn bodies(r: &RemotingCommand) -> Vec<String> {
     let mut out = Vec::new();
     let mut b = r.body.clone();
@@ -431,16 +445,7 @@ fn sigkill_during_sync_flush_sends_loses_no_acknowledged_message() {
     let (_b2, port) = start_broker(&store, ns_port, &["flushDiskType=SYNC_FLUSH"]);
     let mut c = Client::connect(port);
     for (q, sent) in acked {
-        let mut got = Vec::new();
-        let mut off = 0u64;
-        loop {
-            let r = pull(&mut c, "Crash", q, off, 0);
-            if r.code != response::SUCCESS {
-                break;
-            }
-            got.extend(bodies(&r));
-            off = r.ext("nextBeginOffset").unwrap().parse().unwrap();
-        }
+        let got = pull_all(&mut c, "Crash", q);
         // Every acknowledged message is there, in order; at most the unacknowledged tail more.
         assert!(
             got.len() >= sent.len(),
@@ -524,17 +529,7 @@ fn a_failed_disk_write_refuses_sends_and_sigterm_still_stops_the_broker() {
 
     let (_b2, port) = start_broker(&store, ns_port, &["flushDiskType=SYNC_FLUSH"]);
     let mut c = Client::connect(port);
-    let mut got = Vec::new();
-    let mut off = 0u64;
-    loop {
-        let r = pull(&mut c, "Full", 0, off, 0);
-        if r.code != response::SUCCESS {
-            break;
-        }
-        got.extend(bodies(&r));
-        off = r.ext("nextBeginOffset").unwrap().parse().unwrap();
-    }
-    assert_eq!(got, acked);
+    assert_eq!(pull_all(&mut c, "Full", 0), acked);
 }
 
 #[test]

@@ -41,6 +41,11 @@ exit 2
 }
 
 fn run(dir: &Path, args: &[&str]) -> (i32, String) {
+    run_after(dir, "true", args)
+}
+
+/// As [`run`], in a shell that first runs `setup` (a `ulimit`, say).
+fn run_after(dir: &Path, setup: &str, args: &[&str]) -> (i32, String) {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tuning/apply.sh");
     let path = format!(
         "{}:{}",
@@ -48,6 +53,8 @@ fn run(dir: &Path, args: &[&str]) -> (i32, String) {
         std::env::var("PATH").unwrap()
     );
     let out = Command::new("bash")
+        .arg("-c")
+        .arg(format!("{setup} && exec bash \"$0\" \"$@\""))
         .arg(script)
         .args(args)
         .args(["--store", dir.to_str().unwrap()])
@@ -118,22 +125,7 @@ fn apply_sets_what_differs_once_and_the_revert_script_restores_it() {
 fn a_file_size_limit_is_reported() {
     let dir = tempfile::tempdir().unwrap();
     fake_tools(dir.path());
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tuning/apply.sh");
-    let path = format!(
-        "{}:{}",
-        dir.path().join("bin").display(),
-        std::env::var("PATH").unwrap()
-    );
-    let out = Command::new("bash")
-        .arg("-c")
-        .arg("ulimit -f 1024 && exec bash \"$0\" --store \"$1\"")
-        .arg(&script)
-        .arg(dir.path())
-        .env("PATH", path)
-        .env("FAKE_SYSCTL", dir.path().join("vals"))
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(out.status.code(), Some(1), "{text}");
+    let (code, text) = run_after(dir.path(), "ulimit -f 1024", &[]);
+    assert_eq!(code, 1, "{text}");
     assert!(text.contains("DIFF  ulimit -f"), "{text}");
 }

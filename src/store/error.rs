@@ -37,7 +37,6 @@ pub enum StoreError {
 
 pub type Result<T> = std::result::Result<T, StoreError>;
 
-/// Adds the operation and path to an I/O error, as `map_err(io_err("open", &path))`.
 /// The outcome of a write of `len` bytes: an error unless all of them were written. A
 /// regular file gives a short write at ENOSPC or at the file-size limit, and it must not pass
 /// for a full one (the store would call data flushed that is not on disk).
@@ -62,6 +61,7 @@ pub fn check_written<E: Into<std::io::Error>>(
     })
 }
 
+/// Adds the operation and path to an I/O error, as `map_err(io_err("open", &path))`.
 pub fn io_err<E: Into<std::io::Error>>(
     op: &'static str,
     path: impl Into<PathBuf>,

@@ -678,7 +678,6 @@ impl ShardStore {
         slot.extend_from_slice(&c.commitlog.to_be_bytes());
         slot.extend_from_slice(&c.consume_queue.to_be_bytes());
         slot.extend_from_slice(&c.index.to_be_bytes());
-        let io = || io_err("writing checkpoint", &self.checkpoint_path);
         let len = slot.len();
         let r = self
             .checkpoint
@@ -695,7 +694,10 @@ impl ShardStore {
             let r = self.checkpoint.write_at(head, 0).await;
             check_written(r, len, "writing checkpoint", &self.checkpoint_path)?;
         }
-        self.checkpoint.fdatasync().await.map_err(io())?;
+        self.checkpoint
+            .fdatasync()
+            .await
+            .map_err(io_err("writing checkpoint", &self.checkpoint_path))?;
         Ok(())
     }
 
