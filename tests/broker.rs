@@ -399,9 +399,12 @@ fn sigkill_during_sync_flush_sends_loses_no_acknowledged_message() {
     let (_ns, ns_port) = start_namesrv(dir.path(), &[]);
     let store = dir.path().join("store");
     let (mut broker, port) = start_broker(&store, ns_port, &["flushDiskType=SYNC_FLUSH"]);
-    // Four senders, each on its own queue, until the broker dies under them.
+    // Four senders, each on its own queue, until the broker dies under them. The kill waits
+    // for acknowledgements, not for a time: a slow shared CI host may ack only a few in 700 ms.
+    let progress = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let senders: Vec<_> = (0..4u32)
         .map(|q| {
+            let progress = progress.clone();
             std::thread::spawn(move || {
                 let mut c = Client::connect(port);
                 let mut acked = Vec::new();
@@ -429,13 +432,17 @@ fn sigkill_during_sync_flush_sends_loses_no_acknowledged_message() {
                         break;
                     }
                     acked.push(body);
+                    progress.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 }
                 (q, acked)
             })
         })
         .collect();
-    std::thread::sleep(Duration::from_millis(700));
-    broker.0.kill().unwrap(); // SIGKILL
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while progress.load(std::sync::atomic::Ordering::Relaxed) < 200 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    broker.0.kill().unwrap(); // SIGKILL, with sends in flight
     broker.0.wait().unwrap();
     let acked: Vec<(u32, Vec<String>)> = senders.into_iter().map(|t| t.join().unwrap()).collect();
     let total: usize = acked.iter().map(|a| a.1.len()).sum();
