@@ -746,9 +746,9 @@ fn broker_reads_its_properties_file_and_namesrv_addr_and_names_bad_values() {
         route["brokerDatas"][0]["brokerAddrs"]["0"],
         format!("127.0.0.1:{port}")
     );
-    std::thread::sleep(Duration::from_millis(200));
-    let log = std::fs::read_to_string(dir.path().join("logs/broker.log")).unwrap();
-    assert!(log.contains(":16: unknown key noSuchKey ignored"), "{log}");
+    wait_log(&dir.path().join("logs/broker.log"), |log| {
+        log.contains(":16: unknown key noSuchKey ignored")
+    });
 
     // A bad value stops the broker with the file, line and key.
     let bad = dir.path().join("bad.properties");

@@ -169,12 +169,9 @@ fn silent_brokers_are_dropped() {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
-    std::thread::sleep(Duration::from_millis(200));
-    let log = std::fs::read_to_string(logs.path().join("namesrv.log")).unwrap();
-    assert!(
-        log.contains("127.0.0.1:10911") && log.contains("removed from routes"),
-        "{log}"
-    );
+    wait_log(&logs.path().join("namesrv.log"), |log| {
+        log.contains("127.0.0.1:10911") && log.contains("removed from routes")
+    });
 }
 
 #[test]
@@ -206,12 +203,9 @@ fn bad_frames_close_only_their_connection() {
     drop(c);
     let r = good.call(req(request::GET_ALL_TOPIC_LIST_FROM_NAMESERVER, Json, &[]));
     assert_eq!(r.code, response::SUCCESS);
-    std::thread::sleep(Duration::from_millis(200));
-    let log = std::fs::read_to_string(logs.path().join("namesrv.log")).unwrap();
-    assert!(
-        log.contains("bad frame") && log.contains("127.0.0.1:"),
-        "{log}"
-    );
+    wait_log(&logs.path().join("namesrv.log"), |log| {
+        log.contains("bad frame") && log.contains("127.0.0.1:")
+    });
 }
 
 #[test]
