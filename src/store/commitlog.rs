@@ -224,7 +224,8 @@ pub struct OpenedLog {
     pub scanned_from: u64,
 }
 
-async fn blocking<R: Send + 'static>(f: impl FnOnce() -> R + Send + 'static) -> R {
+/// Runs `f` on the executor's blocking-thread pool (file-system calls, large page-faulting work).
+pub(super) async fn blocking<R: Send + 'static>(f: impl FnOnce() -> R + Send + 'static) -> R {
     glommio::executor().spawn_blocking(f).await
 }
 
