@@ -7,6 +7,7 @@
 //! its executor; replies come back on a one-shot channel, so the handle works from executors
 //! and plain threads alike.
 
+use std::cell::RefCell;
 use std::fs::File;
 use std::future::Future;
 use std::io::{Read, Seek, Write};
@@ -41,6 +42,13 @@ pub fn disable_transparent_huge_pages() -> std::io::Result<()> {
     } else {
         Err(std::io::Error::last_os_error())
     }
+}
+
+thread_local! {
+    /// The shard this executor thread serves, and the router it serves for (its channel
+    /// table's address; a process may hold several stores): [`Router::on_shard`] runs a
+    /// job for it inline, without a channel, a spawned task and a reply channel.
+    static LOCAL: RefCell<Option<(usize, Rc<ShardStore>)>> = const { RefCell::new(None) };
 }
 
 type Job = Box<dyn FnOnce(Rc<ShardStore>) -> Pin<Box<dyn Future<Output = ()>>> + Send>;
@@ -183,6 +191,7 @@ impl Store {
             let cfg = cfg.clone();
             let ready = ready_tx.clone();
             let (service, router, go) = (service.clone(), router.clone(), go_rx.clone());
+            let table = Arc::as_ptr(&router.shards) as usize;
             let placement = if cfg.pin_shards {
                 glommio::Placement::Fixed(i % cores)
             } else {
@@ -213,6 +222,7 @@ impl Store {
                         })
                         .detach();
                     }
+                    LOCAL.with(|l| *l.borrow_mut() = Some((table, shard.clone())));
                     serve(shard, rx).await;
                 })
                 .map_err(|e| StoreError::Config(format!("starting shard {i}: {e}")))?;
@@ -349,6 +359,14 @@ impl Router {
         F: FnOnce(Rc<ShardStore>) -> Fut + Send + 'static,
         Fut: Future<Output = Result<R>> + 'static,
     {
+        let table = Arc::as_ptr(&self.shards) as usize;
+        let local = LOCAL.with(|l| match &*l.borrow() {
+            Some((t, s)) if *t == table && s.id() == shard => Some(s.clone()),
+            _ => None,
+        });
+        if let Some(s) = local {
+            return f(s).await;
+        }
         let tx = self.shards.get(shard.index()).ok_or(StoreError::Closed)?;
         let (rtx, rrx) = flume::bounded::<Result<R>>(1);
         let job: Job = Box::new(move |s: Rc<ShardStore>| {
@@ -514,11 +532,14 @@ async fn serve(shard: Rc<ShardStore>, rx: flume::Receiver<Msg>) {
                 glommio::spawn_local(job(shard.clone())).detach();
             }
             Msg::Close(reply) => {
+                // Jobs from now on get `Closed`, as through the (then dropped) channel.
+                LOCAL.with(|l| l.borrow_mut().take());
                 let r = shard.close().await;
                 let _ = reply.send(r);
                 return;
             }
         }
     }
+    LOCAL.with(|l| l.borrow_mut().take());
     let _ = shard.close().await;
 }
