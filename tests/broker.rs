@@ -208,7 +208,9 @@ fn send_pull_offsets_queries_and_admin() {
         (Some("5"), Some("5"))
     );
 
-    // Long polling: a held pull returns within 50 ms of a send.
+    // Long polling: a held pull returns soon after a send, woken by the arrival (a timer
+    // re-check, as RocketMQ's 1 s short polling, would take far longer). 500 ms, not less:
+    // the send's own round trip counts, and CI hosts have taken 80 ms per SYNC send.
     let puller = std::thread::spawn(move || {
         let mut c2 = Client::connect(port);
         let r = pull(&mut c2, "TopicTest", 1, 5, 10_000);
@@ -225,7 +227,7 @@ fn send_pull_offsets_queries_and_admin() {
     assert_eq!(bodies(&r), vec!["late".to_string()]);
     let lag = got_at.saturating_duration_since(sent_at);
     assert!(
-        lag < Duration::from_millis(50),
+        lag < Duration::from_millis(500),
         "held pull answered {lag:?} after the send"
     );
     // A held pull with nothing arriving times out with PULL_NOT_FOUND.
