@@ -36,7 +36,7 @@ impl SlotTable {
     /// fault whose TLB flush interrupts the other shard cores. Keys of one producer hash to
     /// nearby slots (Java string hashes of keys that differ at the end), so the inserts
     /// sweep the table and kept faulting for minutes: 4 % of a pipelined broker's CPU.
-    /// ~5,000 page faults for a full-size table: build it off the executor (`blocking`).
+    /// ~5,000 page faults for a full-size table: shards build it with [`SlotTable::build`].
     fn new(slots: u32) -> SlotTable {
         let len = slots as usize * 4;
         let mut bytes = vec![0u8; len];
@@ -48,6 +48,11 @@ impl SlotTable {
             bytes,
             dirty: vec![0; len.div_ceil(SLOT_PAGE).div_ceil(64)],
         }
+    }
+
+    /// [`SlotTable::new`] on the blocking pool, so its page faults do not stall the shard.
+    async fn build(slots: u32) -> SlotTable {
+        blocking(move || SlotTable::new(slots)).await
     }
 
     fn get(&self, slot: u32) -> i32 {
@@ -343,8 +348,7 @@ impl IndexService {
                     .read_at(layout.slot_pos(0), layout.slots as usize * 4)
                     .await
                     .map_err(io_err("reading index slots", &f.path))?;
-                let n = layout.slots;
-                let mut slots = blocking(move || SlotTable::new(n)).await;
+                let mut slots = SlotTable::build(layout.slots).await;
                 let n = rr.len().min(slots.bytes.len());
                 slots.bytes[..n].copy_from_slice(&rr[..n]);
                 *f.active.borrow_mut() = Some(Active {
@@ -426,8 +430,7 @@ impl IndexService {
         file.truncate(self.layout.file_size())
             .await
             .map_err(io_err("sizing index", &path))?;
-        let n = self.layout.slots;
-        let slots = blocking(move || SlotTable::new(n)).await;
+        let slots = SlotTable::build(self.layout.slots).await;
         let f = Rc::new(IndexFile {
             path,
             file,

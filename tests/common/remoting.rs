@@ -35,14 +35,14 @@ pub fn wait_port(port: u16) {
     }
 }
 
-/// Waits (20 s at most) until the log file at `path` satisfies `ok`, and returns its text.
+/// Waits (20 s at most) until the log file at `path` satisfies `ok`.
 /// Log lines reach the file through a logger thread, so a fixed sleep can read too early.
-pub fn wait_log(path: &std::path::Path, ok: impl Fn(&str) -> bool) -> String {
+pub fn wait_log(path: &std::path::Path, ok: impl Fn(&str) -> bool) {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let log = std::fs::read_to_string(path).unwrap_or_default();
         if ok(&log) {
-            return log;
+            return;
         }
         assert!(Instant::now() < deadline, "{}: {log}", path.display());
         std::thread::sleep(Duration::from_millis(20));
