@@ -21,6 +21,12 @@ fn main() {
         }
     };
 
+    // CoreMQ patch: rebuild the C parts when they change (cargo does not see edits under
+    // liburing/ otherwise, and a stale queue.o would keep an old patch out of the build).
+    println!("cargo:rerun-if-changed=build.rs");
+    println!("cargo:rerun-if-changed=rusturing.c");
+    println!("cargo:rerun-if-changed={}", liburing.display());
+
     // Run the configure script in OUT_DIR to get `compat.h`
     let configured_include = configure(&liburing);
 
