@@ -36,10 +36,24 @@ pub fn java_hash_continue(mut h: i32, s: &str) -> i32 {
 /// Same as [`java_string_hash`] for bytes that should be UTF-8; invalid sequences hash as the
 /// lossy decoding (Java would have decoded them with replacement characters too).
 pub fn java_bytes_hash(b: &[u8]) -> i32 {
-    match std::str::from_utf8(b) {
-        Ok(s) => java_string_hash(s),
-        Err(_) => java_string_hash(&String::from_utf8_lossy(b)),
+    java_hash_continue_bytes(0, b)
+}
+
+/// [`java_hash_continue`] over bytes that should be UTF-8, hashed as [`java_bytes_hash`] does.
+/// ASCII, the common case, takes one pass (no separate UTF-8 validation and ASCII check): it
+/// runs for every stored message's tags and index keys.
+pub fn java_hash_continue_bytes(h: i32, b: &[u8]) -> i32 {
+    let mut x = h;
+    for &c in b {
+        if !c.is_ascii() {
+            return match std::str::from_utf8(b) {
+                Ok(s) => java_hash_continue(h, s),
+                Err(_) => java_hash_continue(h, &String::from_utf8_lossy(b)),
+            };
+        }
+        x = x.wrapping_mul(31).wrapping_add(c as i32);
     }
+    x
 }
 
 /// Consume-queue tag code of a TAGS value: its Java hash, sign-extended; 0 without tags.
@@ -77,6 +91,12 @@ mod tests {
             let slow: i32 = whole.encode_utf16().fold(0i32, |h, u| h.wrapping_mul(31).wrapping_add(u as i32));
             proptest::prop_assert_eq!(java_string_hash(&whole), slow);
             proptest::prop_assert_eq!(java_hash_continue(java_string_hash(&a), &b), slow);
+        }
+
+        #[test]
+        fn bytes_hash_is_the_lossy_strings_hash(h in proptest::prelude::any::<i32>(), b in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..40)) {
+            let lossy = String::from_utf8_lossy(&b);
+            proptest::prop_assert_eq!(java_hash_continue_bytes(h, &b), java_hash_continue(h, &lossy));
         }
     }
 

@@ -34,6 +34,30 @@ pub fn get<'a>(props: &'a [u8], name: &str) -> Option<&'a [u8]> {
         .map(|(_, v)| v)
 }
 
+/// The properties the store reads from every record it dispatches, found in one pass.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Dispatched<'a> {
+    pub tags: Option<&'a [u8]>,
+    pub keys: Option<&'a [u8]>,
+    pub uniq_key: Option<&'a [u8]>,
+}
+
+/// TAGS, KEYS and UNIQ_KEY of a properties string, each as [`get`] finds it (the first
+/// occurrence), in one pass instead of three.
+pub fn dispatched(props: &[u8]) -> Dispatched<'_> {
+    let mut d = Dispatched::default();
+    for (k, v) in iter(props) {
+        let slot = match k {
+            b"TAGS" => &mut d.tags,
+            b"KEYS" => &mut d.keys,
+            b"UNIQ_KEY" => &mut d.uniq_key,
+            _ => continue,
+        };
+        slot.get_or_insert(v);
+    }
+    d
+}
+
 /// Appends one `name=value` pair in wire form.
 pub fn push(out: &mut Vec<u8>, name: &str, value: &str) {
     out.extend_from_slice(name.as_bytes());
@@ -62,6 +86,17 @@ mod tests {
         assert_eq!(get(&p, TAGS), Some(&b"TagA"[..]));
         assert_eq!(get(&p, KEYS), Some(&b"k1 k2"[..]));
         assert_eq!(get(&p, "NOPE"), None);
+    }
+
+    #[test]
+    fn dispatched_finds_what_get_finds() {
+        let p = b"KEYS\x01k1 k2\x02X\x01y\x02TAGS\x01A\x02UNIQ_KEY\x01U\x02TAGS\x01B\x02";
+        let d = dispatched(p);
+        assert_eq!(d.tags, get(p, TAGS));
+        assert_eq!(d.tags, Some(&b"A"[..]), "the first of two, as get");
+        assert_eq!(d.keys, get(p, KEYS));
+        assert_eq!(d.uniq_key, get(p, UNIQ_KEY));
+        assert_eq!(dispatched(b"X\x01y\x02"), Dispatched::default());
     }
 
     #[test]

@@ -144,12 +144,19 @@ impl IndexLayout {
 
 /// Index key hash: `abs(hashCode(topic + "#" + key))`, with `Integer.MIN_VALUE` mapped to 0.
 pub fn index_key_hash(topic: &[u8], key: &[u8]) -> i32 {
-    use crate::message::java_hash_continue;
-    let feed = |h: i32, bytes: &[u8]| match std::str::from_utf8(bytes) {
-        Ok(s) => java_hash_continue(h, s),
-        Err(_) => java_hash_continue(h, &String::from_utf8_lossy(bytes)),
-    };
-    let h = feed(feed(feed(0, topic), b"#"), key);
+    index_key_hash_from(index_key_prefix(topic), key)
+}
+
+/// The Java hash of `topic#`, which every index key of the topic continues: computed once per
+/// topic, not once per key.
+pub fn index_key_prefix(topic: &[u8]) -> i32 {
+    use crate::message::java_hash_continue_bytes;
+    java_hash_continue_bytes(java_hash_continue_bytes(0, topic), b"#")
+}
+
+/// [`index_key_hash`] of `key` under a topic's [`index_key_prefix`].
+pub fn index_key_hash_from(prefix: i32, key: &[u8]) -> i32 {
+    let h = crate::message::java_hash_continue_bytes(prefix, key);
     if h == i32::MIN {
         0
     } else {

@@ -15,7 +15,7 @@ use glommio::io::{BufferedFile, OpenOptions};
 use super::commitlog::{blocking, create_dir_all, list_numbered};
 use super::consume_queue::remove_file;
 use super::error::{check_written, io_err, Result, StoreError};
-use super::format::{index_key_hash, IndexEntry, IndexHeader, IndexLayout};
+use super::format::{index_key_hash, index_key_hash_from, IndexEntry, IndexHeader, IndexLayout};
 
 /// The active file's slot table, in file byte order, with a bitmap of changed 4 KiB pages.
 /// Flushing writes changed pages (coalesced) rather than one write per slot: a busy broker
@@ -446,10 +446,11 @@ impl IndexService {
         Ok(f)
     }
 
-    /// Indexes `keys` (already split) of a record of `topic` at global offset `phy`.
+    /// Indexes `keys` (already split) of a record at global offset `phy`, under its topic's
+    /// [`index_key_prefix`](super::format::index_key_prefix).
     pub async fn put<'a>(
         &self,
-        topic: &[u8],
+        key_prefix: i32,
         keys: impl Iterator<Item = &'a [u8]>,
         phy: i64,
         store_ts: i64,
@@ -464,7 +465,7 @@ impl IndexService {
                 continue;
             }
             let f = self.active_file(now_ms).await?;
-            f.insert(&self.layout, index_key_hash(topic, key), phy, store_ts);
+            f.insert(&self.layout, index_key_hash_from(key_prefix, key), phy, store_ts);
         }
         Ok(())
     }
@@ -564,7 +565,8 @@ mod tests {
                 let ix = IndexService::open(d.clone(), layout).await.unwrap();
                 assert_eq!(ix.end_phy_offset(), -1, "an empty file, reopened");
                 let k: &[u8] = b"k";
-                ix.put(b"T", std::iter::once(k), 0, 1, 1_700_000_000_000)
+                let prefix = super::super::format::index_key_prefix(b"T");
+                ix.put(prefix, std::iter::once(k), 0, 1, 1_700_000_000_000)
                     .await
                     .unwrap();
                 assert_eq!(ix.end_phy_offset(), 0, "the record at offset 0");

@@ -33,7 +33,7 @@ use super::consume_queue::ConsumeQueue;
 const DELETE_STEP_BYTES: u64 = 2 << 20;
 const DELETE_STEP_PAUSE_MS: u64 = 2;
 use super::error::{check_written, io_err, Result, StoreError};
-use super::format::{Checkpoint, CqEntry, IndexLayout, ShardCheckpoint};
+use super::format::{index_key_prefix, Checkpoint, CqEntry, IndexLayout, ShardCheckpoint};
 use super::index::{local_time, IndexService};
 use super::notify::Notify;
 use super::offset::{CommitLogOffset, ShardId};
@@ -358,7 +358,10 @@ impl ShardStore {
                         continue;
                     };
                     if let Ok(v) = RecordView::parse(rec) {
-                        shard.index_record(ix, &v).await?;
+                        let props = properties::dispatched(v.properties);
+                        shard
+                            .index_record(ix, &v, &props, index_key_prefix(v.topic))
+                            .await?;
                     }
                 }
                 rest = tail;
@@ -573,21 +576,29 @@ impl ShardStore {
         Ok(out)
     }
 
-    async fn index_record(&self, ix: &IndexService, v: &RecordView<'_>) -> Result<()> {
+    /// Indexes a record's UNIQ_KEY and KEYS (`props`, from [`properties::dispatched`]) under
+    /// its topic's [`index_key_prefix`].
+    async fn index_record(
+        &self,
+        ix: &IndexService,
+        v: &RecordView<'_>,
+        props: &properties::Dispatched<'_>,
+        key_prefix: i32,
+    ) -> Result<()> {
         // Rollback transaction messages are not indexed (reference §7.3).
         if crate::message::sysflag::transaction_type(v.meta.sys_flag)
             == crate::message::sysflag::TRANSACTION_ROLLBACK_TYPE
         {
             return Ok(());
         }
-        let uniq = v.property(properties::UNIQ_KEY);
-        let keys = v.property(properties::KEYS);
-        let all = uniq.into_iter().chain(
-            keys.into_iter()
+        let all = props.uniq_key.into_iter().chain(
+            props
+                .keys
+                .into_iter()
                 .flat_map(|k| k.split(|b| *b == b' ').filter(|s| !s.is_empty())),
         );
         ix.put(
-            v.topic,
+            key_prefix,
             all,
             v.meta.physical_offset,
             v.meta.store_timestamp,
@@ -605,6 +616,8 @@ impl ShardStore {
             if batch.is_empty() && self.closing.get() {
                 return;
             }
+            // The index key prefix of the last record's topic: a batch's records share theirs.
+            let mut last_topic: Option<(&[u8], i32)> = None;
             for it in &batch {
                 let Ok(v) = RecordView::parse(&it.record) else {
                     log::error!(
@@ -614,16 +627,25 @@ impl ShardStore {
                     );
                     continue;
                 };
+                let props = properties::dispatched(v.properties);
                 it.cq.put(
                     it.queue_offset,
                     CqEntry {
                         offset: it.offset.as_i64(),
                         size: it.record.len() as i32,
-                        tags_code: tags_code(v.property(properties::TAGS)),
+                        tags_code: tags_code(props.tags),
                     },
                 );
                 if let Some(ix) = &self.index {
-                    if let Err(e) = self.index_record(ix, &v).await {
+                    let prefix = match last_topic {
+                        Some((t, p)) if t == v.topic => p,
+                        _ => {
+                            let p = index_key_prefix(v.topic);
+                            last_topic = Some((v.topic, p));
+                            p
+                        }
+                    };
+                    if let Err(e) = self.index_record(ix, &v, &props, prefix).await {
                         log::error!("shard {}: indexing {}: {e}", self.id, it.offset);
                     }
                 }
