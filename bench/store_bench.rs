@@ -85,7 +85,7 @@ fn message(topic: &str, q: u32, body: &Bytes, uniq: u64) -> PutMessage {
     }
     props.push(0x02);
     PutMessage {
-        topic: topic.to_string(),
+        topic: topic.into(),
         queue_id: q,
         flag: 0,
         body: body.clone(),

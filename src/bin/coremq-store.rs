@@ -147,7 +147,7 @@ fn run(cli: Cli) -> Result<i32, Box<dyn std::error::Error>> {
                             properties::push(&mut props, "TAGS", "TagA");
                             properties::push(&mut props, "KEYS", &format!("k-{q}-{i}"));
                             let m = PutMessage {
-                                topic: topic.clone(),
+                                topic: topic.as_str().into(),
                                 queue_id: q,
                                 flag: 0,
                                 body: pattern_body(q, i, size).into(),

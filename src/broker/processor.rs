@@ -519,17 +519,21 @@ async fn send(
             "msg properties length limit 32KB".to_string(),
         );
     }
-    let uniq: Vec<String> = msgs
-        .iter()
-        .filter_map(|m| {
-            properties::get(&m.2, properties::UNIQ_KEY)
-                .map(|u| String::from_utf8_lossy(u).into_owned())
-        })
-        .collect();
+    // The response's transactionId: the messages' UNIQ_KEYs, comma-separated.
+    let mut uniq = String::new();
+    for m in &msgs {
+        if let Some(u) = properties::get(&m.2, properties::UNIQ_KEY) {
+            if !uniq.is_empty() {
+                uniq.push(',');
+            }
+            uniq.push_str(&String::from_utf8_lossy(u));
+        }
+    }
+    let shared_topic: std::sync::Arc<str> = topic.into();
     let puts: Vec<PutMessage> = msgs
         .into_iter()
         .map(|(flag, body, props)| PutMessage {
-            topic: topic.to_string(),
+            topic: shared_topic.clone(),
             queue_id,
             flag,
             body,
@@ -553,15 +557,18 @@ async fn send(
                 return resp(req, response::MESSAGE_ILLEGAL, "empty batch".to_string());
             };
             let mut r = resp(req, response::SUCCESS, None);
-            let ids: Vec<String> = results
-                .iter()
-                .map(|p| msgid::create_message_id(p.store_host, p.offset.as_i64()))
-                .collect();
+            let mut ids = String::with_capacity(results.len() * 33);
+            for (i, p) in results.iter().enumerate() {
+                if i > 0 {
+                    ids.push(',');
+                }
+                msgid::push_message_id(&mut ids, p.store_host, p.offset.as_i64());
+            }
             SendMessageResponseHeader {
-                msg_id: ids.join(","),
+                msg_id: ids,
                 queue_id: queue_id as i32,
                 queue_offset: first.queue_offset as i64,
-                transaction_id: (!uniq.is_empty()).then(|| uniq.join(",")),
+                transaction_id: (!uniq.is_empty()).then_some(uniq),
             }
             .encode(&mut r);
             r.set_ext("MSG_REGION", &h.broker.cfg.region_id);

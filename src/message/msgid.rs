@@ -7,6 +7,14 @@ const HEX: &[u8; 16] = b"0123456789ABCDEF";
 
 /// Builds the offset message id of a record stored at `offset` by `store_host`.
 pub fn create_message_id(store_host: SocketAddr, offset: i64) -> String {
+    let mut s = String::with_capacity(56);
+    push_message_id(&mut s, store_host, offset);
+    s
+}
+
+/// Appends the offset message id of a record stored at `offset` by `store_host` to `s` (a
+/// batch's ids go into one string).
+pub fn push_message_id(s: &mut String, store_host: SocketAddr, offset: i64) {
     let mut raw = [0u8; 28];
     let n = match store_host.ip() {
         IpAddr::V4(ip) => {
@@ -20,12 +28,10 @@ pub fn create_message_id(store_host: SocketAddr, offset: i64) -> String {
     };
     raw[n..n + 4].copy_from_slice(&(store_host.port() as i32).to_be_bytes());
     raw[n + 4..n + 12].copy_from_slice(&offset.to_be_bytes());
-    let mut s = String::with_capacity((n + 12) * 2);
     for b in &raw[..n + 12] {
         s.push(HEX[(b >> 4) as usize] as char);
         s.push(HEX[(b & 0xF) as usize] as char);
     }
-    s
 }
 
 /// Error from [`decode_message_id`].

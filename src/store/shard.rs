@@ -43,7 +43,8 @@ use crate::message::{msgid, properties, tags_code};
 /// One message to store. All messages of one `put` share topic and queue.
 #[derive(Debug, Clone)]
 pub struct PutMessage {
-    pub topic: String,
+    /// Shared by the messages of a batch (one allocation per request, not per message).
+    pub topic: std::sync::Arc<str>,
     pub queue_id: u32,
     pub flag: i32,
     pub body: Bytes,
@@ -467,7 +468,7 @@ impl ShardStore {
         let Some(first) = msgs.first() else {
             return Ok(Vec::new());
         };
-        let (topic, queue_id) = (first.topic.as_str(), first.queue_id);
+        let (topic, queue_id) = (&*first.topic, first.queue_id);
         if shard_of(topic, queue_id, self.shards) != self.id {
             return Err(StoreError::BadMessage(format!(
                 "queue {topic}:{queue_id} belongs to shard {}, not {}",
@@ -477,7 +478,7 @@ impl ShardStore {
         }
         let mut total_body = 0usize;
         for m in msgs {
-            if m.topic != topic || m.queue_id != queue_id {
+            if &*m.topic != topic || m.queue_id != queue_id {
                 return Err(StoreError::BadMessage(
                     "all messages of one put must share topic and queue".into(),
                 ));

@@ -45,7 +45,7 @@ pub fn msg(
         properties::push(&mut props, "UNIQ_KEY", uniq);
     }
     PutMessage {
-        topic: topic.to_string(),
+        topic: topic.into(),
         queue_id,
         flag: 0,
         body: Bytes::copy_from_slice(body),
