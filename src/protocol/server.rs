@@ -152,16 +152,22 @@ pub async fn serve_connection<H: Handler>(stream: TcpStream, id: u64, handler: R
             let _ = wr.close().await;
         })
     };
-    let mut rbuf = BytesMut::with_capacity(64 * 1024);
-    let mut chunk = vec![0u8; 64 * 1024];
+    let mut rbuf = frame::ReadBuf::default();
     'read: while !conn.closed.get() {
-        let n = match rd.read(&mut chunk).await {
+        let room = match rbuf.spare() {
+            Ok(r) => r,
+            Err(e) => {
+                log::warn!("closing connection from {peer}: bad frame: {e}");
+                break;
+            }
+        };
+        let n = match rd.read(room).await {
             Ok(0) | Err(_) => break,
             Ok(n) => n,
         };
-        rbuf.extend_from_slice(&chunk[..n]);
+        rbuf.filled(n);
         loop {
-            match frame::decode(&mut rbuf) {
+            match frame::decode(rbuf.pending()) {
                 Ok(Some(cmd)) => {
                     if cmd.is_response() {
                         // Answers to our oneway requests (NOTIFY_*) carry nothing we need.
@@ -184,9 +190,6 @@ pub async fn serve_connection<H: Handler>(stream: TcpStream, id: u64, handler: R
                     break 'read;
                 }
             }
-        }
-        if rbuf.capacity() > 32 << 20 && rbuf.is_empty() {
-            rbuf = BytesMut::with_capacity(64 * 1024);
         }
     }
     conn.close();
