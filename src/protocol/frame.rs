@@ -246,7 +246,12 @@ mod tests {
         sizes.insert(17, 3 * ReadBuf::BLOCK);
         sizes.push(0);
         let (cmds, wire) = frames(&sizes);
-        for reads in [&[1usize][..], &[7, 4096, 13], &[ReadBuf::BLOCK], &[usize::MAX]] {
+        for reads in [
+            &[1usize][..],
+            &[7, 4096, 13],
+            &[ReadBuf::BLOCK],
+            &[usize::MAX],
+        ] {
             if reads == [1] {
                 // Byte by byte only over the first frames (the large one makes it slow).
                 let (c, w) = frames(&sizes[..10]);

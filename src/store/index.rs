@@ -465,7 +465,12 @@ impl IndexService {
                 continue;
             }
             let f = self.active_file(now_ms).await?;
-            f.insert(&self.layout, index_key_hash_from(key_prefix, key), phy, store_ts);
+            f.insert(
+                &self.layout,
+                index_key_hash_from(key_prefix, key),
+                phy,
+                store_ts,
+            );
         }
         Ok(())
     }
