@@ -39,8 +39,10 @@ pub fn declared_len(buf: &[u8]) -> Result<Option<usize>, ProtocolError> {
 /// `pending` holds what was received and not decoded yet; `spare` is the rest of the same
 /// block, zeroed once when the block is made (a read needs initialized bytes), and always
 /// starts where `pending` ends, so a read joins `pending` without a copy. A new block is made
-/// when the room left is short of [`ReadBuf::MIN_READ`] or of the rest of a frame whose length
-/// is known; only the partial frame in `pending` is copied into it.
+/// when the room left is short of [`ReadBuf::MIN_READ`] or of the rest of the pending frame;
+/// only the partial frame in `pending` is copied into it. A declared length is only a claim:
+/// the room offered for it grows with what has arrived (at most doubling), so a peer sending
+/// bare 16 MiB prefixes costs a block per connection, not 16 MiB.
 pub struct ReadBuf {
     pending: BytesMut,
     spare: BytesMut,
@@ -65,7 +67,7 @@ impl ReadBuf {
     pub fn spare(&mut self) -> Result<&mut [u8], ProtocolError> {
         let have = self.pending.len();
         let rest = declared_len(&self.pending)?.map_or(0, |total| total.saturating_sub(have));
-        let need = rest.max(Self::MIN_READ);
+        let need = rest.min(have.max(Self::BLOCK)).max(Self::MIN_READ);
         if self.spare.len() < need {
             let mut block = BytesMut::zeroed((have + need).max(Self::BLOCK));
             block[..have].copy_from_slice(&self.pending);
@@ -263,13 +265,27 @@ mod tests {
     }
 
     #[test]
-    fn read_buf_offers_room_for_a_whole_declared_frame() {
+    fn read_buf_room_grows_with_what_arrived_not_with_the_claim() {
+        // A bare prefix claiming the largest frame gets one block, not 16 MiB.
+        let mut rb = ReadBuf::default();
+        let claim = ((MAX_FRAME - 4) as u32).to_be_bytes();
+        rb.spare().unwrap()[..4].copy_from_slice(&claim);
+        rb.filled(4);
+        assert!(rb.spare().unwrap().len() <= ReadBuf::BLOCK);
+        // As the frame arrives, the room offered at most doubles what is pending.
         let (_, wire) = frames(&[200_000]);
         let mut rb = ReadBuf::default();
-        let room = rb.spare().unwrap();
-        room[..8].copy_from_slice(&wire[..8]);
-        rb.filled(8);
-        assert!(rb.spare().unwrap().len() >= wire.len() - 8);
+        let mut at = 0;
+        while at < wire.len() {
+            let have = rb.pending().len();
+            let room = rb.spare().unwrap();
+            assert!(room.len() <= have.max(ReadBuf::BLOCK) + ReadBuf::BLOCK);
+            let n = room.len().min(wire.len() - at);
+            room[..n].copy_from_slice(&wire[at..at + n]);
+            rb.filled(n);
+            at += n;
+        }
+        assert!(decode(rb.pending()).unwrap().is_some());
         // An invalid length is an error, not an allocation.
         let mut bad = ReadBuf::default();
         bad.spare().unwrap()[..4].copy_from_slice(&u32::MAX.to_be_bytes());

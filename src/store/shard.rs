@@ -353,6 +353,7 @@ impl ShardStore {
                 let (batch, tail) = rest.split_at(n);
                 let end = batch.last().map_or(start, |(p, sz)| p + *sz as u64);
                 let window = shard.log.read(start, (end - start) as usize).await?;
+                let now = shard.now();
                 for &(pos, size) in batch {
                     let at = (pos - start) as usize;
                     let Some(rec) = window.get(at..at + size as usize) else {
@@ -360,7 +361,7 @@ impl ShardStore {
                     };
                     if let Ok(v) = RecordView::parse(rec) {
                         let props = properties::dispatched(v.properties);
-                        let (prefix, now) = (index_key_prefix(v.topic), shard.now());
+                        let prefix = index_key_prefix(v.topic);
                         shard.index_record(ix, &v, &props, prefix, now).await?;
                     }
                 }
