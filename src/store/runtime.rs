@@ -543,3 +543,33 @@ async fn serve(shard: Rc<ShardStore>, rx: flume::Receiver<Msg>) {
     LOCAL.with(|l| l.borrow_mut().take());
     let _ = shard.close().await;
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    /// An executor preempted before it ran anything must poll again, never sleep with tasks
+    /// still runnable: with no I/O in flight and no timer armed nothing wakes it. That was
+    /// a shard that never finished opening its store after a SIGKILL (vendor/README.md).
+    /// A 1 ns preemption timer makes "preempted before running" the common case.
+    #[test]
+    fn executor_never_sleeps_with_runnable_tasks() {
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let ex = glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
+                .preempt_timer(Duration::from_nanos(1))
+                .make()
+                .expect("executor");
+            for _ in 0..200 {
+                ex.run(async {
+                    for _ in 0..50 {
+                        futures_lite::future::yield_now().await;
+                    }
+                });
+            }
+            let _ = tx.send(());
+        });
+        rx.recv_timeout(Duration::from_secs(30))
+            .expect("the executor slept with a runnable task and nothing to wake it");
+    }
+}

@@ -1321,19 +1321,23 @@ impl LocalExecutor {
     }
 
     fn run_task_queues(&self) -> bool {
-        let mut ran = false;
+        // CoreMQ patch: preemption is checked after a queue ran, not before, and a queue
+        // runs its first task whatever the timer says (`run_one_task_queue`). Upstream
+        // checked first: preempted before running anything, this returned `false` ("all
+        // queues ran dry"), and the loop parked with tasks still runnable; with no I/O in
+        // flight and no timer armed, nothing woke it (a shard opening its store after a
+        // SIGKILL never finished). A preemption timer kept across turns (`Reactor::wait`)
+        // makes firing right after the poll likely; upstream the window is rare, not closed.
+        // Each turn also makes progress however short the preemption timer.
         loop {
             self.reactor.sys.install_eventfd();
-            if self.need_preempt() {
-                break;
-            }
             if !self.run_one_task_queue() {
                 return false;
-            } else {
-                ran = true;
+            }
+            if self.need_preempt() {
+                return true;
             }
         }
-        ran
     }
 
     fn run_one_task_queue(&self) -> bool {
@@ -1373,7 +1377,9 @@ impl LocalExecutor {
             let mut tasks_executed_this_loop = 0;
             loop {
                 let mut queue_ref = queue.borrow_mut();
-                if self.need_preempt() || queue_ref.yielded() {
+                // CoreMQ patch: the first task runs even if preemption is already due (see
+                // `run_task_queues`).
+                if (tasks_executed_this_loop > 0 && self.need_preempt()) || queue_ref.yielded() {
                     break;
                 }
 

@@ -1851,22 +1851,16 @@ impl Reactor {
         // than a new one would (early is harmless), and so is a pending throughput timer.
         // Cancelling and re-arming both on every turn of the executor loop was two TIMEOUTs,
         // two ASYNC_CANCELs and a linked WRITE per turn, each arming or cancelling an hrtimer
-        // (a VM exit on a VM): ~7 turns per request on a lightly loaded shard. Before a
-        // sleep (no preempt timer wanted) the kept timer also serves as the wake-up unless
-        // the user timer is due sooner: a shard that sleeps between sparse
-        // requests then arms nothing per sleep, and wakes at most once for it after going
-        // idle. A user timer left in the slot by a sleep is never kept as a preempt timer.
+        // (a VM exit on a VM): ~7 turns per request on a lightly loaded shard. Nothing is
+        // kept for a sleep (no preempt timer wanted): relying on a timer about to fire as
+        // the sleep's wake-up lost wake-ups (vendor/README.md, patch 3). A user timer left in
+        // the slot by a sleep is never kept as a preempt timer.
         let pending = |s: &Option<Source>| s.as_ref().is_some_and(|s| s.result().is_none());
         let lat = self.latency_preemption_timeout_src.take();
         let kept_deadline = self.latency_preempt_deadline.get().filter(|_| pending(&lat));
-        // Decided here, not at the sleep below: a cancellation issued after the rings were
-        // consumed would complete into the latency ring and wake the sleep at once.
         let keep_latency_timer = match (preempt_timer(), kept_deadline) {
             (Some(preempt), Some(deadline)) => deadline <= Instant::now() + preempt,
-            (None, Some(deadline)) => {
-                user_timer.is_none_or(|dur| deadline <= Instant::now() + dur)
-            }
-            (_, None) => false,
+            _ => false,
         };
         if keep_latency_timer {
             self.latency_preemption_timeout_src.set(lat);
@@ -1899,6 +1893,19 @@ impl Reactor {
         // pick up the results of any cancellations
         consume_rings!(into &mut woke; lat_ring, poll_ring, main_ring);
 
+        // CoreMQ patch: the kept preempt timer may have fired since it was kept (its
+        // completion is reaped by the flush and consume just above). Then it is no longer a
+        // preempt timer: treat it as not kept, so a new one is armed below.
+        let keep_latency_timer = keep_latency_timer && {
+            let kept = self.latency_preemption_timeout_src.take();
+            let still = pending(&kept);
+            self.latency_preemption_timeout_src.set(kept);
+            if !still {
+                self.latency_preempt_deadline.set(None);
+            }
+            still
+        };
+
         // If we generated any event so far, we can't sleep. Need to handle them.
         let should_sleep = preempt_timer().is_none()
             && (woke == 0)
@@ -1909,8 +1916,7 @@ impl Reactor {
         if should_sleep {
             // We are about to go to sleep. It's ok to sleep, but if there
             // is a timer set, we need to make sure we wake up to handle it.
-            // CoreMQ patch: unless a kept preempt timer (see above) fires first.
-            if let Some(dur) = user_timer.filter(|_| !keep_latency_timer) {
+            if let Some(dur) = user_timer {
                 self.latency_preemption_timeout_src
                     .set(Some(lat_ring.prepare_latency_preemption_timer(dur)));
                 assert!(flush_rings!(lat_ring)? > 0);
