@@ -14,7 +14,7 @@ use common::remoting::*;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-/// Runs `mqbench` against the name server and waits for it.
+/// Starts `mqbench` against the name server; the caller waits for it.
 fn mqbench(ns_port: u16, args: &[&str]) -> std::process::Child {
     Command::new(env!("CARGO_BIN_EXE_mqbench"))
         .args(args)
