@@ -292,7 +292,10 @@ fn append_json(path: Option<&PathBuf>, v: &serde_json::Value) {
         .open(p)
         .and_then(|mut f| f.write_all(line.as_bytes()));
     if let Err(e) = res {
+        // A figure that cannot be recorded makes the whole run's report wrong (a full disk
+        // once interleaved half-written lines): stop here, so the runner stops too.
         eprintln!("write {}: {e}", p.display());
+        std::process::exit(1);
     }
 }
 

@@ -33,9 +33,13 @@ cargo build --release --locked --bins >&2
 BIN="$PWD/target/release"
 STAMP=$(date -u +%Y%m%dT%H%M%SZ)
 mkdir -p bench/results "$DIR"
-# A full run keeps up to ~30 GB of stores under $DIR (1 GiB segments, preallocated); running
-# out of space midway loses the run's cells and leaves errors that look like the broker's.
-NEED_GB=${BENCH_MIN_FREE_GB:-30}
+# The stores under $DIR keep everything a run writes (no retention during the matrix): about
+# 4 GB per repeat and second of --secs for the three sizes, 1 GB with --quick, plus ~8 GB for
+# the rest (session 10: a --secs 5 --reps 3 run filled 42 GB). Running out of space midway
+# loses the run's cells and leaves errors that look like the broker's.
+PER_GB=4
+[ "$QUICK" = 1 ] && PER_GB=1
+NEED_GB=${BENCH_MIN_FREE_GB:-$((8 + REPS * SECS * PER_GB))}
 FREE_GB=$(df -Pk "$DIR" | awk 'NR==2 {print int($4 / 1048576)}')
 if [ "$FREE_GB" -lt "$NEED_GB" ]; then
   echo "bench/run.sh: $DIR has $FREE_GB GB free; a run needs about $NEED_GB GB" \
