@@ -299,10 +299,9 @@ fn read_loop(
     incoming: flume::Sender<(String, RemotingCommand)>,
     addr: String,
 ) {
-    let mut buf = BytesMut::with_capacity(64 * 1024);
-    let mut chunk = vec![0u8; 64 * 1024];
+    let mut buf = frame::ReadBuf::default();
     loop {
-        match frame::decode(&mut buf) {
+        match frame::decode(buf.pending()) {
             Ok(Some(cmd)) => {
                 if cmd.is_response() {
                     let waiter = lock(&pending).remove(&cmd.opaque);
@@ -324,9 +323,16 @@ fn read_loop(
                 break;
             }
         }
-        match s.read(&mut chunk) {
+        let room = match buf.spare() {
+            Ok(r) => r,
+            Err(e) => {
+                log::warn!("bad frame from {addr}: {e}");
+                break;
+            }
+        };
+        match s.read(room) {
             Ok(0) | Err(_) => break,
-            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            Ok(n) => buf.filled(n),
         }
     }
     closed.store(true, Ordering::Release);

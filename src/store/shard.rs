@@ -40,6 +40,20 @@ use super::offset::{CommitLogOffset, ShardId};
 use crate::message::record::{self, RecordMeta, RecordView};
 use crate::message::{msgid, properties, tags_code};
 
+/// The [`index_key_prefix`] of `topic`, reusing `last` (the previous record's topic and
+/// prefix) when the topic repeats: records come in runs of one topic, in a dispatched batch
+/// as in a recovery window.
+fn key_prefix<'a>(last: &mut Option<(&'a [u8], i32)>, topic: &'a [u8]) -> i32 {
+    match *last {
+        Some((t, p)) if t == topic => p,
+        _ => {
+            let p = index_key_prefix(topic);
+            *last = Some((topic, p));
+            p
+        }
+    }
+}
+
 /// One message to store. All messages of one `put` share topic and queue.
 #[derive(Debug, Clone)]
 pub struct PutMessage {
@@ -354,6 +368,7 @@ impl ShardStore {
                 let end = batch.last().map_or(start, |(p, sz)| p + *sz as u64);
                 let window = shard.log.read(start, (end - start) as usize).await?;
                 let now = shard.now();
+                let mut last_topic = None;
                 for &(pos, size) in batch {
                     let at = (pos - start) as usize;
                     let Some(rec) = window.get(at..at + size as usize) else {
@@ -361,7 +376,7 @@ impl ShardStore {
                     };
                     if let Ok(v) = RecordView::parse(rec) {
                         let props = properties::dispatched(v.properties);
-                        let prefix = index_key_prefix(v.topic);
+                        let prefix = key_prefix(&mut last_topic, v.topic);
                         shard.index_record(ix, &v, &props, prefix, now).await?;
                     }
                 }
@@ -619,8 +634,7 @@ impl ShardStore {
             if batch.is_empty() && self.closing.get() {
                 return;
             }
-            // The index key prefix of the last record's topic: a batch's records share theirs.
-            let mut last_topic: Option<(&[u8], i32)> = None;
+            let mut last_topic = None;
             let now = self.now();
             for it in &batch {
                 let Ok(v) = RecordView::parse(&it.record) else {
@@ -641,14 +655,7 @@ impl ShardStore {
                     },
                 );
                 if let Some(ix) = &self.index {
-                    let prefix = match last_topic {
-                        Some((t, p)) if t == v.topic => p,
-                        _ => {
-                            let p = index_key_prefix(v.topic);
-                            last_topic = Some((v.topic, p));
-                            p
-                        }
-                    };
+                    let prefix = key_prefix(&mut last_topic, v.topic);
                     if let Err(e) = self.index_record(ix, &v, &props, prefix, now).await {
                         log::error!("shard {}: indexing {}: {e}", self.id, it.offset);
                     }
