@@ -112,7 +112,7 @@ pub struct StoreConfig {
     pub commitlog_dir: PathBuf,
     /// Number of shards (executors); 0 means one per available core.
     pub shards: usize,
-    /// Pin shard `i` to CPU `i % cores`.
+    /// Pin shard `i` to the `i`-th CPU of the process's affinity mask (round robin).
     pub pin_shards: bool,
     /// `mappedFileSizeCommitLog`, a multiple of 4 KiB.
     pub segment_size: u64,

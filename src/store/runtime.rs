@@ -182,9 +182,7 @@ impl Store {
         // Services (the broker's listeners) start once every shard is open: a shard that
         // opened early must not accept requests for queues of one still recovering.
         let (go_tx, go_rx) = flume::unbounded::<()>();
-        let cores = std::thread::available_parallelism()
-            .map(|c| c.get())
-            .unwrap_or(1);
+        let cpus = allowed_cpus();
         for (i, rx) in receivers.into_iter().enumerate() {
             let id = ShardId::new(i).ok_or_else(|| StoreError::Config("too many shards".into()))?;
             let shard_cp = cp.as_ref().and_then(|c| c.shards.get(i).copied());
@@ -193,7 +191,7 @@ impl Store {
             let (service, router, go) = (service.clone(), router.clone(), go_rx.clone());
             let table = Arc::as_ptr(&router.shards) as usize;
             let placement = if cfg.pin_shards {
-                glommio::Placement::Fixed(i % cores)
+                glommio::Placement::Fixed(cpus[i % cpus.len()])
             } else {
                 glommio::Placement::Unbound
             };
@@ -525,6 +523,31 @@ impl Router {
     }
 }
 
+/// The CPUs this process may run on (its affinity mask, as `taskset` or a container's cpuset
+/// sets it), in order; shard `i` is pinned to the `i`-th. Pinning to CPU `i` itself would
+/// put a shard outside the mask, which a cpuset refuses.
+pub fn allowed_cpus() -> Vec<usize> {
+    // SAFETY: a zeroed cpu_set_t is a valid empty set, and sched_getaffinity writes at most
+    // size_of::<cpu_set_t>() bytes into it.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    let ok =
+        unsafe { libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) }
+            == 0;
+    let cpus: Vec<usize> = if ok {
+        (0..libc::CPU_SETSIZE as usize)
+            // SAFETY: `c` is below CPU_SETSIZE, the set's capacity.
+            .filter(|&c| unsafe { libc::CPU_ISSET(c, &set) })
+            .collect()
+    } else {
+        Vec::new()
+    };
+    if cpus.is_empty() {
+        let n = std::thread::available_parallelism().map_or(1, |n| n.get());
+        return (0..n).collect();
+    }
+    cpus
+}
+
 async fn serve(shard: Rc<ShardStore>, rx: flume::Receiver<Msg>) {
     while let Ok(msg) = rx.recv_async().await {
         match msg {
@@ -552,6 +575,26 @@ mod tests {
     /// still runnable: with no I/O in flight and no timer armed nothing wakes it. That was
     /// a shard that never finished opening its store after a SIGKILL (vendor/README.md).
     /// A 1 ns preemption timer makes "preempted before running" the common case.
+    #[test]
+    fn shards_are_pinned_inside_the_affinity_mask() {
+        // Run on a thread restricted to the mask's last CPU, as `taskset -c N` would.
+        let all = super::allowed_cpus();
+        assert!(!all.is_empty());
+        let last = *all.last().unwrap();
+        let got = std::thread::spawn(move || {
+            // SAFETY: as in allowed_cpus; CPU_SET on an index below CPU_SETSIZE.
+            let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+            unsafe { libc::CPU_SET(last, &mut set) };
+            let rc =
+                unsafe { libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) };
+            assert_eq!(rc, 0);
+            super::allowed_cpus()
+        })
+        .join()
+        .unwrap();
+        assert_eq!(got, vec![last]);
+    }
+
     #[test]
     fn executor_never_sleeps_with_runnable_tasks() {
         let (tx, rx) = std::sync::mpsc::channel();
