@@ -8,7 +8,14 @@
 #
 #   bench/run.sh [--secs 5] [--reps 1] [--dir target/bench-run] [--quick]
 #                [--other NAMESRV --other-name NAME]   # the same matrix against another broker
-#                [--broker-prop KEY=VALUE ...]         # more broker properties (e.g. shards=1)
+#                [--shards N]                          # broker shards (default: cores - 1)
+#                [--broker-prop KEY=VALUE ...]         # more broker properties
+#
+# The client runs on the broker's host, so by default the brokers get one shard fewer than
+# the host has cores (at least one): a shard is a pinned thread that wants its core, and with
+# a shard on every core the client's thread and the shards take turns on them (bench/README.md,
+# session 11: 64 x 1 at 19.9 us of broker CPU per message with 2 shards, 11.5 with 1).
+# `--shards 0` gives the broker's own default, one shard per core.
 #
 # Everything runs on 127.0.0.1. The machine is shared: use --reps 3 (the median run of each
 # cell is kept) for figures worth quoting.
@@ -16,6 +23,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 SECS=5 REPS=1 DIR=target/bench-run QUICK=0 OTHER="" OTHER_NAME=other EXTRA=()
+SHARDS=$(( $(nproc) > 1 ? $(nproc) - 1 : 1 ))
 while [ $# -gt 0 ]; do
   case "$1" in
     --secs) SECS=$2; shift 2 ;;
@@ -24,6 +32,7 @@ while [ $# -gt 0 ]; do
     --quick) QUICK=1; shift ;;
     --other) OTHER=$2; shift 2 ;;
     --other-name) OTHER_NAME=$2; shift 2 ;;
+    --shards) SHARDS=$2; shift 2 ;;
     --broker-prop) EXTRA+=("$2"); shift 2 ;;
     *) echo "unknown option $1" >&2; exit 2 ;;
   esac
@@ -91,7 +100,7 @@ start_broker() {
   local store=$1; shift
   [ "${KEEP_PORT:-0}" = 1 ] || BROKER_PORT=$(free_port)
   local props=(-p brokerIP1=127.0.0.1 -p "listenPort=$BROKER_PORT" -p "storePathRootDir=$store")
-  for kv in "$@" "${EXTRA[@]}"; do props+=(-p "$kv"); done
+  for kv in "shards=$SHARDS" "$@" "${EXTRA[@]}"; do props+=(-p "$kv"); done
   "$BIN/mqbroker" -n "${BROKER_NS:-$NS}" "${props[@]}" --log-dir "${BROKER_LOGS:-$DIR/logs}" \
     >>"$DIR/broker.out" 2>&1 &
   BROKER_PID=$!
@@ -203,8 +212,8 @@ fi
 {
   echo "# Benchmark run $STAMP"
   echo
-  echo "\`bench/run.sh --secs $SECS --reps $REPS$([ "$QUICK" = 1 ] && echo " --quick")$(for kv in "${EXTRA[@]}"; do printf ' --broker-prop %s' "$kv"; done)\` on $(nproc) cores, $(uname -r)."
-  echo "Client and broker share the host. Raw figures: \`$(basename "$OUT")\`."
+  echo "\`bench/run.sh --secs $SECS --reps $REPS$([ "$QUICK" = 1 ] && echo " --quick") --shards $SHARDS$(for kv in "${EXTRA[@]}"; do printf ' --broker-prop %s' "$kv"; done)\` on $(nproc) cores, $(uname -r)."
+  echo "Client and broker share the host; the brokers run $([ "$SHARDS" = 0 ] && echo "one shard per core" || echo "$SHARDS shard(s)"). Raw figures: \`$(basename "$OUT")\`."
   echo
   echo "## Limits (same run)"
   echo
