@@ -188,6 +188,10 @@ impl BrokerConfig {
                 "flushIntervalCommitLog" => self.store.flush_interval_ms = value(p, file)?,
                 "commitIntervalCommitLog" => self.store.commit_interval_ms = value(p, file)?,
                 "flushIntervalConsumeQueue" => self.store.flush_cq_interval_ms = value(p, file)?,
+                "flushConsumeQueueLeastPages" => self.store.flush_cq_least_pages = value(p, file)?,
+                "flushConsumeQueueThoroughInterval" => {
+                    self.store.flush_cq_thorough_interval_ms = value(p, file)?
+                }
                 "syncFlushTimeout" => self.store.sync_flush_timeout_ms = value(p, file)?,
                 "cleanResourceInterval" => self.store.clean_resource_interval_ms = value(p, file)?,
                 "messageIndexEnable" => self.store.message_index_enable = value(p, file)?,
@@ -327,6 +331,14 @@ impl BrokerConfig {
             (
                 "flushIntervalConsumeQueue",
                 st.flush_cq_interval_ms.to_string(),
+            ),
+            (
+                "flushConsumeQueueLeastPages",
+                st.flush_cq_least_pages.to_string(),
+            ),
+            (
+                "flushConsumeQueueThoroughInterval",
+                st.flush_cq_thorough_interval_ms.to_string(),
             ),
             ("syncFlushTimeout", st.sync_flush_timeout_ms.to_string()),
             (

@@ -126,6 +126,14 @@ pub struct StoreConfig {
     pub flush_interval_ms: u64,
     /// `flushIntervalConsumeQueue` in ms (also the checkpoint interval).
     pub flush_cq_interval_ms: u64,
+    /// `flushConsumeQueueLeastPages`: a consume queue is synced on a regular flush once this
+    /// many 4 KiB pages of it were written since its last sync (its entries are written to
+    /// the page cache every flush regardless).
+    pub flush_cq_least_pages: u32,
+    /// `flushConsumeQueueThoroughInterval` in ms: every queue with anything unsynced is synced
+    /// at least this often, and only such a flush moves the checkpoint's consume-queue
+    /// position (recovery after a crash re-dispatches from there).
+    pub flush_cq_thorough_interval_ms: u64,
     /// `syncFlushTimeout` in ms.
     pub sync_flush_timeout_ms: u64,
     /// Unflushed bytes that trigger a DMA write in ASYNC_FLUSH (no sooner than
@@ -213,6 +221,8 @@ impl StoreConfig {
             flush_disk_type: FlushDiskType::AsyncFlush,
             flush_interval_ms: 500,
             flush_cq_interval_ms: 1000,
+            flush_cq_least_pages: 2,
+            flush_cq_thorough_interval_ms: 60_000,
             sync_flush_timeout_ms: 5000,
             flush_trigger_bytes: 1,
             commit_interval_ms: 1,

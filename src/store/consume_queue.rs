@@ -43,6 +43,11 @@ pub struct ConsumeQueue {
     next: Cell<u64>,
     /// Files written since the last sync.
     unsynced: RefCell<Vec<Rc<BufferedFile>>>,
+    /// Bytes written since the last sync.
+    unsynced_bytes: Cell<u64>,
+    /// Commitlog offset of the oldest entry not yet synced (written or pending); `i64::MAX`
+    /// when every entry is durable. Recovery must re-dispatch from there.
+    first_unsynced: Cell<i64>,
 }
 
 async fn open_file(path: &Path, create: bool) -> Result<Rc<BufferedFile>> {
@@ -78,6 +83,8 @@ impl ConsumeQueue {
             pending: RefCell::new(Vec::new()),
             next: Cell::new(0),
             unsynced: RefCell::new(Vec::new()),
+            unsynced_bytes: Cell::new(0),
+            first_unsynced: Cell::new(i64::MAX),
         }
     }
 
@@ -176,6 +183,9 @@ impl ConsumeQueue {
             }
         }
         p.extend_from_slice(&e.encode());
+        if self.first_unsynced.get() == i64::MAX && e.is_valid() {
+            self.first_unsynced.set(e.offset);
+        }
         self.max.set(offset + 1);
         if self.next.get() < offset + 1 {
             self.next.set(offset + 1);
@@ -235,6 +245,8 @@ impl ConsumeQueue {
             let len = chunk.len();
             let r = f.write_at(chunk, (off - base) * ENTRY).await;
             check_written(r, len, "writing consume queue", &path)?;
+            self.unsynced_bytes
+                .set(self.unsynced_bytes.get() + len as u64);
             let mut us = self.unsynced.borrow_mut();
             if !us.iter().any(|u| Rc::ptr_eq(u, &f)) {
                 us.push(f);
@@ -249,12 +261,33 @@ impl ConsumeQueue {
     /// fdatasync of every file written since the last sync.
     pub async fn sync(&self) -> Result<()> {
         let files = std::mem::take(&mut *self.unsynced.borrow_mut());
+        self.unsynced_bytes.set(0);
         for f in files {
             f.fdatasync()
                 .await
                 .map_err(io_err("syncing consume queue", &self.dir))?;
         }
+        // Flushes and syncs of one queue do not overlap (one flusher per shard), so what was
+        // not written before this sync is still pending: the oldest unsynced entry is there.
+        let first = self
+            .pending
+            .borrow()
+            .chunks_exact(ENTRY as usize)
+            .filter_map(CqEntry::decode)
+            .find(CqEntry::is_valid)
+            .map_or(i64::MAX, |e| e.offset);
+        self.first_unsynced.set(first);
         Ok(())
+    }
+
+    /// Commitlog offset of the oldest entry not yet synced, if any.
+    pub fn first_unsynced(&self) -> Option<i64> {
+        Some(self.first_unsynced.get()).filter(|&o| o != i64::MAX)
+    }
+
+    /// Bytes written to the files since the last [`sync`](Self::sync).
+    pub fn unsynced_bytes(&self) -> u64 {
+        self.unsynced_bytes.get()
     }
 
     /// Whether there is anything to flush or sync.
@@ -456,4 +489,54 @@ pub async fn remove_file(path: &Path) -> Result<()> {
             _ => Ok(()),
         })
         .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(offset: i64) -> CqEntry {
+        CqEntry {
+            offset,
+            size: 100,
+            tags_code: 0,
+        }
+    }
+
+    /// The oldest unsynced entry is what recovery must re-dispatch from: written but not
+    /// synced still counts, and entries that arrive during a sync stay counted after it.
+    #[test]
+    fn first_unsynced_follows_writes_and_syncs() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().to_path_buf();
+        glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
+            .io_memory(1 << 20)
+            .spawn(move || async move {
+                let q = ConsumeQueue::new(&root, "T".into(), 0, 1000);
+                assert_eq!(q.first_unsynced(), None);
+                q.put(0, entry(4096));
+                q.put(1, entry(8192));
+                assert_eq!(q.first_unsynced(), Some(4096));
+                q.flush().await.unwrap();
+                assert_eq!(q.unsynced_bytes(), 2 * ENTRY);
+                assert_eq!(q.first_unsynced(), Some(4096), "written, not synced");
+                q.put(2, entry(12288));
+                q.sync().await.unwrap();
+                assert_eq!(q.unsynced_bytes(), 0);
+                assert_eq!(q.first_unsynced(), Some(12288), "still pending");
+                q.flush().await.unwrap();
+                q.sync().await.unwrap();
+                assert_eq!(q.first_unsynced(), None);
+                // A gap is filled with blank entries; the first real one counts.
+                q.put(5, entry(20480));
+                q.flush().await.unwrap();
+                assert_eq!(q.first_unsynced(), Some(20480));
+                q.sync().await.unwrap();
+                assert_eq!(q.first_unsynced(), None);
+                assert!(!q.is_dirty());
+            })
+            .unwrap()
+            .join()
+            .unwrap();
+    }
 }

@@ -667,9 +667,16 @@ impl ShardStore {
         }
     }
 
-    /// Writes consume queues and index files (and syncs them with `sync`), then the shard's
-    /// checkpoint slot.
-    async fn flush_logics(&self, sync: bool) -> Result<()> {
+    /// Writes consume queues and index files, syncs the index and the consume queues due
+    /// (all of them when `thorough`), then writes the shard's checkpoint slot.
+    ///
+    /// As upstream's `FlushConsumeQueueService`: a regular flush syncs only queues with
+    /// `flush_cq_least_pages` pages written since their last sync. Each sync of a grown file
+    /// is a journal commit on ext4; syncing every dirty queue every second took 13 s per
+    /// flush with 8,000 active queues, and the send p99.9 suffered throughout. The
+    /// checkpoint's consume-queue position is the oldest entry some queue has not synced
+    /// (recovery re-dispatches from there), or the dispatch point when all are durable.
+    async fn flush_logics(&self, thorough: bool) -> Result<()> {
         // Snapshot first: entries dispatched after this point are not covered.
         let dispatched = self.dispatched.get();
         let log_durable = self.log.durable();
@@ -683,26 +690,40 @@ impl ShardStore {
             .filter(|q| q.is_dirty())
             .cloned()
             .collect();
+        let least = u64::from(self.cfg.flush_cq_least_pages) * 4096;
+        let mut cq_durable = dispatched;
+        let (started, mut synced) = (std::time::Instant::now(), 0usize);
         for q in &queues {
             q.flush().await?;
-            if sync {
+            if thorough || q.unsynced_bytes() >= least.max(1) {
                 q.sync().await?;
+                synced += 1;
+            }
+            if let Some(o) = q.first_unsynced().and_then(CommitLogOffset::from_i64) {
+                cq_durable = cq_durable.min(o.pos());
             }
         }
+        if synced >= 1000 || started.elapsed() >= Duration::from_secs(1) {
+            log::info!(
+                "shard {}: {} consume queue(s) written, {synced} synced{} in {:?}",
+                self.id,
+                queues.len(),
+                if thorough { " (thorough)" } else { "" },
+                started.elapsed()
+            );
+        }
         if let Some(ix) = &self.index {
-            ix.flush(sync).await?;
+            ix.flush(true).await?;
         }
-        if sync {
-            self.write_checkpoint(
-                ShardCheckpoint {
-                    commitlog: log_durable,
-                    consume_queue: dispatched,
-                    index: dispatched,
-                },
-                durable_ts,
-            )
-            .await?;
-        }
+        self.write_checkpoint(
+            ShardCheckpoint {
+                commitlog: log_durable,
+                consume_queue: cq_durable,
+                index: dispatched,
+            },
+            durable_ts,
+        )
+        .await?;
         Ok(())
     }
 
@@ -746,8 +767,14 @@ impl ShardStore {
 
     async fn run_logics_flusher(self: Rc<Self>) {
         let every = Duration::from_millis(self.cfg.flush_cq_interval_ms.max(1));
+        let thorough_every = Duration::from_millis(self.cfg.flush_cq_thorough_interval_ms);
+        let mut last_thorough = std::time::Instant::now();
         while self.tick(every).await {
-            if let Err(e) = self.flush_logics(true).await {
+            let thorough = last_thorough.elapsed() >= thorough_every;
+            if thorough {
+                last_thorough = std::time::Instant::now();
+            }
+            if let Err(e) = self.flush_logics(thorough).await {
                 log::error!("shard {}: flushing consume queues and index: {e}", self.id);
             }
         }
