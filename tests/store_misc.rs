@@ -251,3 +251,48 @@ fn warmed_segments_keep_every_record() {
         store.shutdown().unwrap();
     }
 }
+
+/// Consume queues are synced as upstream does: a regular flush leaves a queue with less
+/// than `flush_cq_least_pages` unsynced, and the checkpoint's consume-queue point (where
+/// recovery re-dispatches from) stays at its oldest unsynced entry; a thorough flush syncs
+/// every queue (one syncfs for this many) and the point reaches the dispatched end.
+#[test]
+fn consume_queue_syncs_follow_least_pages_and_the_thorough_interval() {
+    use coremq::store::format::Checkpoint;
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = small_config(dir.path(), 1);
+    cfg.flush_cq_least_pages = 2;
+    cfg.flush_cq_thorough_interval_ms = 3_000;
+    let cp_path = dir.path().join("checkpoint");
+    let store = Store::open(cfg).unwrap();
+    for q in 0..100 {
+        block(store.put(vec![msg("T", q, b"x", "", "", "")])).unwrap();
+    }
+    let end = block(store.stats()).unwrap()[0].written;
+    let checkpoint = || {
+        Checkpoint::decode(&std::fs::read(&cp_path).unwrap())
+            .unwrap()
+            .shards[0]
+    };
+    let t0 = Instant::now();
+    // A regular flush: the index is synced to the end, the queues are not.
+    while checkpoint().index < end {
+        assert!(t0.elapsed() < Duration::from_secs(2), "no flush after 2 s");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(
+        checkpoint().consume_queue,
+        0,
+        "queues with one entry are not synced"
+    );
+    // The thorough flush.
+    while checkpoint().consume_queue < end {
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "no thorough flush after 10 s"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(checkpoint().consume_queue, end);
+    store.shutdown().unwrap();
+}

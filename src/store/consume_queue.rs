@@ -267,6 +267,15 @@ impl ConsumeQueue {
                 .await
                 .map_err(io_err("syncing consume queue", &self.dir))?;
         }
+        self.mark_synced();
+        Ok(())
+    }
+
+    /// Records that everything written so far is durable, when something else made it so
+    /// (one `syncfs` for many queues).
+    pub fn mark_synced(&self) {
+        self.unsynced.borrow_mut().clear();
+        self.unsynced_bytes.set(0);
         // Flushes and syncs of one queue do not overlap (one flusher per shard), so what was
         // not written before this sync is still pending: the oldest unsynced entry is there.
         let first = self
@@ -277,7 +286,11 @@ impl ConsumeQueue {
             .find(CqEntry::is_valid)
             .map_or(i64::MAX, |e| e.offset);
         self.first_unsynced.set(first);
-        Ok(())
+    }
+
+    /// The queue's directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
     }
 
     /// Commitlog offset of the oldest entry not yet synced, if any.
