@@ -183,6 +183,21 @@ impl Store {
         // opened early must not accept requests for queues of one still recovering.
         let (go_tx, go_rx) = flume::unbounded::<()>();
         let cpus = allowed_cpus();
+        log::info!(
+            "store {}: {n} shard(s){}",
+            root.display(),
+            if !cfg.pin_shards {
+                String::from(", unpinned")
+            } else if cfg.shards == 0 && n > 1 {
+                // The default assumes the cores are the broker's; say what to do otherwise.
+                format!(
+                    " pinned to CPUs {cpus:?}, one per CPU allowed (with other busy processes \
+                     on these CPUs, fewer shards serve more: tuning/README.md, Shard count)"
+                )
+            } else {
+                format!(" pinned to CPUs {:?}", &cpus[..n.min(cpus.len())])
+            }
+        );
         for (i, rx) in receivers.into_iter().enumerate() {
             let id = ShardId::new(i).ok_or_else(|| StoreError::Config("too many shards".into()))?;
             let shard_cp = cp.as_ref().and_then(|c| c.shards.get(i).copied());
