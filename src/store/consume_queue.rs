@@ -261,7 +261,6 @@ impl ConsumeQueue {
     /// fdatasync of every file written since the last sync.
     pub async fn sync(&self) -> Result<()> {
         let files = std::mem::take(&mut *self.unsynced.borrow_mut());
-        self.unsynced_bytes.set(0);
         for f in files {
             f.fdatasync()
                 .await
@@ -522,34 +521,29 @@ mod tests {
     fn first_unsynced_follows_writes_and_syncs() {
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path().to_path_buf();
-        glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
-            .io_memory(1 << 20)
-            .spawn(move || async move {
-                let q = ConsumeQueue::new(&root, "T".into(), 0, 1000);
-                assert_eq!(q.first_unsynced(), None);
-                q.put(0, entry(4096));
-                q.put(1, entry(8192));
-                assert_eq!(q.first_unsynced(), Some(4096));
-                q.flush().await.unwrap();
-                assert_eq!(q.unsynced_bytes(), 2 * ENTRY);
-                assert_eq!(q.first_unsynced(), Some(4096), "written, not synced");
-                q.put(2, entry(12288));
-                q.sync().await.unwrap();
-                assert_eq!(q.unsynced_bytes(), 0);
-                assert_eq!(q.first_unsynced(), Some(12288), "still pending");
-                q.flush().await.unwrap();
-                q.sync().await.unwrap();
-                assert_eq!(q.first_unsynced(), None);
-                // A gap is filled with blank entries; the first real one counts.
-                q.put(5, entry(20480));
-                q.flush().await.unwrap();
-                assert_eq!(q.first_unsynced(), Some(20480));
-                q.sync().await.unwrap();
-                assert_eq!(q.first_unsynced(), None);
-                assert!(!q.is_dirty());
-            })
-            .unwrap()
-            .join()
-            .unwrap();
+        crate::store::run_on_executor(move || async move {
+            let q = ConsumeQueue::new(&root, "T".into(), 0, 1000);
+            assert_eq!(q.first_unsynced(), None);
+            q.put(0, entry(4096));
+            q.put(1, entry(8192));
+            assert_eq!(q.first_unsynced(), Some(4096));
+            q.flush().await.unwrap();
+            assert_eq!(q.unsynced_bytes(), 2 * ENTRY);
+            assert_eq!(q.first_unsynced(), Some(4096), "written, not synced");
+            q.put(2, entry(12288));
+            q.sync().await.unwrap();
+            assert_eq!(q.unsynced_bytes(), 0);
+            assert_eq!(q.first_unsynced(), Some(12288), "still pending");
+            q.flush().await.unwrap();
+            q.sync().await.unwrap();
+            assert_eq!(q.first_unsynced(), None);
+            // A gap is filled with blank entries; the first real one counts.
+            q.put(5, entry(20480));
+            q.flush().await.unwrap();
+            assert_eq!(q.first_unsynced(), Some(20480));
+            q.sync().await.unwrap();
+            assert_eq!(q.first_unsynced(), None);
+            assert!(!q.is_dirty());
+        });
     }
 }

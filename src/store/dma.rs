@@ -99,37 +99,32 @@ mod tests {
     fn pool_reuses_only_its_size_and_keeps_at_most_cap() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("f");
-        glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
-            .io_memory(1 << 20)
-            .spawn(move || async move {
-                let f = glommio::io::OpenOptions::new()
-                    .create(true)
-                    .write(true)
-                    .dma_open(&path)
-                    .await
-                    .unwrap();
-                let pool = DmaPool::new(8192, 2);
-                let mut a = pool.get(&f, 8192);
-                a.as_bytes_mut()[0] = 7;
-                let a_ptr = a.as_ptr();
-                pool.put(a);
-                assert_eq!(pool.idle(), 1);
-                let again = pool.get(&f, 8192);
-                assert_eq!(again.as_ptr(), a_ptr, "the idle buffer is handed out again");
-                assert_eq!(pool.idle(), 0);
-                // Another length is never pooled.
-                let short = pool.get(&f, 4096);
-                assert_eq!(short.len(), 4096);
-                pool.put(short);
-                assert_eq!(pool.idle(), 0);
-                for _ in 0..3 {
-                    pool.put(f.alloc_dma_buffer(8192));
-                }
-                assert_eq!(pool.idle(), 2, "capped");
-                f.close().await.unwrap();
-            })
-            .unwrap()
-            .join()
-            .unwrap();
+        crate::store::run_on_executor(move || async move {
+            let f = glommio::io::OpenOptions::new()
+                .create(true)
+                .write(true)
+                .dma_open(&path)
+                .await
+                .unwrap();
+            let pool = DmaPool::new(8192, 2);
+            let mut a = pool.get(&f, 8192);
+            a.as_bytes_mut()[0] = 7;
+            let a_ptr = a.as_ptr();
+            pool.put(a);
+            assert_eq!(pool.idle(), 1);
+            let again = pool.get(&f, 8192);
+            assert_eq!(again.as_ptr(), a_ptr, "the idle buffer is handed out again");
+            assert_eq!(pool.idle(), 0);
+            // Another length is never pooled.
+            let short = pool.get(&f, 4096);
+            assert_eq!(short.len(), 4096);
+            pool.put(short);
+            assert_eq!(pool.idle(), 0);
+            for _ in 0..3 {
+                pool.put(f.alloc_dma_buffer(8192));
+            }
+            assert_eq!(pool.idle(), 2, "capped");
+            f.close().await.unwrap();
+        });
     }
 }

@@ -554,32 +554,27 @@ mod tests {
     fn an_empty_first_file_has_indexed_nothing() {
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path().to_path_buf();
-        glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
-            .io_memory(1 << 20)
-            .spawn(move || async move {
-                let layout = IndexLayout {
-                    slots: 100,
-                    max_entries: 10,
-                };
-                let ix = IndexService::open(d.clone(), layout).await.unwrap();
-                assert_eq!(ix.end_phy_offset(), -1, "no file");
-                ix.active_file(1_700_000_000_000).await.unwrap();
-                ix.flush(true).await.unwrap();
-                assert_eq!(ix.end_phy_offset(), -1, "an empty file");
-                drop(ix);
-                let ix = IndexService::open(d.clone(), layout).await.unwrap();
-                assert_eq!(ix.end_phy_offset(), -1, "an empty file, reopened");
-                let k: &[u8] = b"k";
-                let prefix = super::super::format::index_key_prefix(b"T");
-                ix.put(prefix, std::iter::once(k), 0, 1, 1_700_000_000_000)
-                    .await
-                    .unwrap();
-                assert_eq!(ix.end_phy_offset(), 0, "the record at offset 0");
-                assert_eq!(ix.query(b"T", b"k", 4, 0, i64::MAX).await.unwrap(), vec![0]);
-            })
-            .unwrap()
-            .join()
-            .unwrap();
+        crate::store::run_on_executor(move || async move {
+            let layout = IndexLayout {
+                slots: 100,
+                max_entries: 10,
+            };
+            let ix = IndexService::open(d.clone(), layout).await.unwrap();
+            assert_eq!(ix.end_phy_offset(), -1, "no file");
+            ix.active_file(1_700_000_000_000).await.unwrap();
+            ix.flush(true).await.unwrap();
+            assert_eq!(ix.end_phy_offset(), -1, "an empty file");
+            drop(ix);
+            let ix = IndexService::open(d.clone(), layout).await.unwrap();
+            assert_eq!(ix.end_phy_offset(), -1, "an empty file, reopened");
+            let k: &[u8] = b"k";
+            let prefix = super::super::format::index_key_prefix(b"T");
+            ix.put(prefix, std::iter::once(k), 0, 1, 1_700_000_000_000)
+                .await
+                .unwrap();
+            assert_eq!(ix.end_phy_offset(), 0, "the record at offset 0");
+            assert_eq!(ix.query(b"T", b"k", 4, 0, i64::MAX).await.unwrap(), vec![0]);
+        });
     }
 
     #[test]

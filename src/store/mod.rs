@@ -32,3 +32,19 @@ pub fn pattern_body(q: u32, i: u64, size: usize) -> Vec<u8> {
     let seed = format!("q{q}-i{i}-");
     seed.bytes().cycle().take(size.max(seed.len())).collect()
 }
+
+/// Runs `f` to completion on a fresh executor with 1 MiB of I/O memory (unit tests of
+/// pieces that need glommio's file I/O).
+#[cfg(test)]
+pub(crate) fn run_on_executor<F, Fut>(f: F)
+where
+    F: FnOnce() -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + 'static,
+{
+    glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
+        .io_memory(1 << 20)
+        .spawn(f)
+        .unwrap()
+        .join()
+        .unwrap();
+}
