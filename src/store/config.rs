@@ -131,8 +131,8 @@ pub struct StoreConfig {
     /// the page cache every flush regardless).
     pub flush_cq_least_pages: u32,
     /// `flushConsumeQueueThoroughInterval` in ms: every queue with anything unsynced is synced
-    /// at least this often, and only such a flush moves the checkpoint's consume-queue
-    /// position (recovery after a crash re-dispatches from there).
+    /// at least this often. Until then the checkpoint's consume-queue position stays at the
+    /// oldest unsynced entry (recovery after a crash re-dispatches from there).
     pub flush_cq_thorough_interval_ms: u64,
     /// `syncFlushTimeout` in ms.
     pub sync_flush_timeout_ms: u64,

@@ -586,10 +586,8 @@ async fn serve(shard: Rc<ShardStore>, rx: flume::Receiver<Msg>) {
 mod tests {
     use std::time::Duration;
 
-    /// An executor preempted before it ran anything must poll again, never sleep with tasks
-    /// still runnable: with no I/O in flight and no timer armed nothing wakes it. That was
-    /// a shard that never finished opening its store after a SIGKILL (vendor/README.md).
-    /// A 1 ns preemption timer makes "preempted before running" the common case.
+    /// Shards are placed on the CPUs of the affinity mask (`taskset`, a cpuset), never on
+    /// CPU `i` regardless of it.
     #[test]
     fn shards_are_pinned_inside_the_affinity_mask() {
         // Run on a thread restricted to the mask's last CPU, as `taskset -c N` would.
@@ -610,6 +608,10 @@ mod tests {
         assert_eq!(got, vec![last]);
     }
 
+    /// An executor preempted before it ran anything must poll again, never sleep with tasks
+    /// still runnable: with no I/O in flight and no timer armed nothing wakes it. That was
+    /// a shard that never finished opening its store after a SIGKILL (vendor/README.md).
+    /// A 1 ns preemption timer makes "preempted before running" the common case.
     #[test]
     fn executor_never_sleeps_with_runnable_tasks() {
         let (tx, rx) = std::sync::mpsc::channel();

@@ -35,6 +35,13 @@ const DELETE_STEP_PAUSE_MS: u64 = 2;
 /// From this many consume queues due for a sync in one flush, one `syncfs` replaces their
 /// `fdatasync`s.
 const SYNCFS_QUEUES: usize = 64;
+use super::error::{check_written, io_err, Result, StoreError};
+use super::format::{index_key_prefix, Checkpoint, CqEntry, IndexLayout, ShardCheckpoint};
+use super::index::{local_time, IndexService};
+use super::notify::Notify;
+use super::offset::{CommitLogOffset, ShardId};
+use crate::message::record::{self, RecordMeta, RecordView};
+use crate::message::{msgid, properties, tags_code};
 
 /// `syncfs(2)` of the filesystem holding `dir`. Blocking: call it on the blocking pool.
 fn syncfs(dir: &std::path::Path) -> std::io::Result<()> {
@@ -47,13 +54,6 @@ fn syncfs(dir: &std::path::Path) -> std::io::Result<()> {
         Err(std::io::Error::last_os_error())
     }
 }
-use super::error::{check_written, io_err, Result, StoreError};
-use super::format::{index_key_prefix, Checkpoint, CqEntry, IndexLayout, ShardCheckpoint};
-use super::index::{local_time, IndexService};
-use super::notify::Notify;
-use super::offset::{CommitLogOffset, ShardId};
-use crate::message::record::{self, RecordMeta, RecordView};
-use crate::message::{msgid, properties, tags_code};
 
 /// The [`index_key_prefix`] of `topic`, reusing `last` (the previous record's topic and
 /// prefix) when the topic repeats: records come in runs of one topic, in a dispatched batch
@@ -705,14 +705,14 @@ impl ShardStore {
             .filter(|q| q.is_dirty())
             .cloned()
             .collect();
-        let least = u64::from(self.cfg.flush_cq_least_pages) * 4096;
+        let least = (u64::from(self.cfg.flush_cq_least_pages) * 4096).max(1);
         let started = std::time::Instant::now();
         for q in &queues {
             q.flush().await?;
         }
         let due: Vec<&Rc<ConsumeQueue>> = queues
             .iter()
-            .filter(|q| thorough || q.unsynced_bytes() >= least.max(1))
+            .filter(|q| thorough || q.unsynced_bytes() >= least)
             .collect();
         let synced = due.len();
         if synced >= SYNCFS_QUEUES {
