@@ -372,6 +372,29 @@ impl DmaFile {
         enhanced_try!(source.collect_rw().await, "Writing", self.file).map_err(Into::into)
     }
 
+    /// CoreMQ patch 6: writes `len` bytes at `ptr`, memory the caller owns, to `pos`,
+    /// without copying them into a [`DmaBuffer`] first. `keep` is held until the write
+    /// completes (also if this future is dropped), so it can own the memory.
+    ///
+    /// # Safety
+    /// `ptr..ptr + len` must stay valid for reads and unchanged for as long as `keep`
+    /// lives, and meet the file's direct-I/O alignment (address, length and `pos`).
+    pub async unsafe fn write_external_at(
+        &self,
+        ptr: *const u8,
+        len: usize,
+        keep: Box<dyn std::any::Any>,
+        pos: u64,
+    ) -> Result<usize> {
+        let source = self.file.reactor.upgrade().unwrap().write_dma(
+            self.as_raw_fd(),
+            DmaSource::External { ptr, len, keep },
+            pos,
+            self.pollable,
+        );
+        enhanced_try!(source.collect_rw().await, "Writing", self.file).map_err(Into::into)
+    }
+
     /// Reads from a specific position in the file and returns the buffer.
     ///
     /// The position must be aligned to for Direct I/O. In most platforms

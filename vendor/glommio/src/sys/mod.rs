@@ -365,10 +365,30 @@ impl Drop for SleepNotifier {
     }
 }
 
-#[derive(Debug)]
 pub(crate) enum DmaSource {
     Owned(DmaBuffer),
     Shared(Rc<DmaBuffer>),
+    /// CoreMQ patch 6: `len` bytes at `ptr` in memory the caller owns; `keep` holds it
+    /// alive (and unchanged) until the operation completes. See `DmaFile::write_external_at`.
+    External {
+        ptr: *const u8,
+        len: usize,
+        keep: Box<dyn std::any::Any>,
+    },
+}
+
+impl std::fmt::Debug for DmaSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Owned(b) => f.debug_tuple("Owned").field(b).finish(),
+            Self::Shared(b) => f.debug_tuple("Shared").field(b).finish(),
+            Self::External { ptr, len, .. } => f
+                .debug_struct("External")
+                .field("ptr", ptr)
+                .field("len", len)
+                .finish(),
+        }
+    }
 }
 
 impl DmaSource {
@@ -376,6 +396,7 @@ impl DmaSource {
         match self {
             DmaSource::Owned(buffer) => buffer.uring_buffer_id(),
             DmaSource::Shared(buffer) => buffer.uring_buffer_id(),
+            DmaSource::External { .. } => None,
         }
     }
 }
@@ -387,6 +408,9 @@ impl Deref for DmaSource {
         match &self {
             Self::Owned(buffer) => buffer.as_bytes(),
             Self::Shared(buffer) => buffer.as_bytes(),
+            // SAFETY: `write_external_at`'s caller promised `len` readable bytes at `ptr`
+            // for as long as `keep` lives, which is as long as this source.
+            Self::External { ptr, len, keep: _ } => unsafe { std::slice::from_raw_parts(*ptr, *len) },
         }
     }
 }
