@@ -4,6 +4,8 @@
 //! allocation; it enforces the 16 MiB frame limit from the 4-byte prefix alone. "Need more
 //! bytes" is a normal answer, not an error.
 
+use std::collections::VecDeque;
+
 use bytes::{Buf, Bytes, BytesMut};
 
 use super::command::{HeaderCodec, RemotingCommand};
@@ -46,6 +48,10 @@ pub fn declared_len(buf: &[u8]) -> Result<Option<usize>, ProtocolError> {
 pub struct ReadBuf {
     pending: BytesMut,
     spare: BytesMut,
+    /// Empty handles on the last blocks of [`ReadBuf::BLOCK`] bytes, oldest first: one whose
+    /// frames are all dropped is taken again instead of a fresh zeroed block (zeroing was
+    /// 2 % of the broker's time under batches).
+    blocks: VecDeque<BytesMut>,
 }
 
 impl Default for ReadBuf {
@@ -53,6 +59,7 @@ impl Default for ReadBuf {
         ReadBuf {
             pending: BytesMut::new(),
             spare: BytesMut::new(),
+            blocks: VecDeque::new(),
         }
     }
 }
@@ -62,6 +69,8 @@ impl ReadBuf {
     pub const BLOCK: usize = 64 * 1024;
     /// Least room offered to a read.
     pub const MIN_READ: usize = 4 * 1024;
+    /// Blocks kept for reuse.
+    const KEPT_BLOCKS: usize = 8;
 
     /// Room for the next read; an error if the pending frame declares an invalid length.
     pub fn spare(&mut self) -> Result<&mut [u8], ProtocolError> {
@@ -69,12 +78,39 @@ impl ReadBuf {
         let rest = declared_len(&self.pending)?.map_or(0, |total| total.saturating_sub(have));
         let need = rest.min(have.max(Self::BLOCK)).max(Self::MIN_READ);
         if self.spare.len() < need {
-            let mut block = BytesMut::zeroed((have + need).max(Self::BLOCK));
+            let mut block = match have + need <= Self::BLOCK {
+                true => self.block(),
+                false => BytesMut::zeroed(have + need),
+            };
             block[..have].copy_from_slice(&self.pending);
             self.pending = block.split_to(have);
             self.spare = block;
         }
         Ok(&mut self.spare[..])
+    }
+
+    /// A block of [`ReadBuf::BLOCK`] bytes: a kept one that nothing uses any more, if any.
+    fn block(&mut self) -> BytesMut {
+        let free = self
+            .blocks
+            .iter_mut()
+            .position(|k| k.try_reclaim(Self::BLOCK));
+        let mut block = match free.and_then(|i| self.blocks.remove(i)) {
+            Some(mut b) => {
+                // SAFETY: `try_reclaim` gave back `BLOCK` bytes of a block made by
+                // `BytesMut::zeroed(BLOCK)` below: all of them were initialized once, and
+                // bytes once initialized stay so.
+                unsafe { b.set_len(Self::BLOCK) };
+                b
+            }
+            None => BytesMut::zeroed(Self::BLOCK),
+        };
+        // A few blocks in flight at once (frames still being served); past that, let go.
+        if self.blocks.len() >= Self::KEPT_BLOCKS {
+            self.blocks.pop_front();
+        }
+        self.blocks.push_back(block.split_to(0));
+        block
     }
 
     /// Marks the first `n` bytes of [`ReadBuf::spare`] as received.
@@ -202,6 +238,43 @@ mod tests {
             assert_eq!(a, cmd);
             assert_eq!(b, cmd);
         }
+    }
+
+    #[test]
+    fn read_buf_takes_a_block_again_once_its_frames_are_dropped() {
+        // Frames of 40,000 bytes: a block of 64 KiB holds one and part of the next.
+        let (cmds, wire) = frames(&[40_000; 12]);
+        let mut rb = ReadBuf::default();
+        let (mut at, mut held, mut served) = (0, Vec::new(), 0);
+        let mut blocks = std::collections::HashSet::new();
+        while at < wire.len() {
+            let room = rb.spare().unwrap();
+            let n = room.len().min(wire.len() - at);
+            room[..n].copy_from_slice(&wire[at..at + n]);
+            rb.filled(n);
+            at += n;
+            blocks.extend(rb.blocks.iter().map(|b| b.as_ptr() as usize));
+            while let Some(c) = decode(rb.pending()).unwrap() {
+                assert_eq!(c, cmds[served], "frame {served}");
+                served += 1;
+                // The first two frames are held; the rest are served and dropped.
+                if served <= 2 {
+                    held.push(c);
+                }
+            }
+        }
+        assert_eq!(served, cmds.len());
+        assert_eq!(
+            held,
+            cmds[..2],
+            "a held frame's block is never reused under it"
+        );
+        // 480 KB through 64 KiB blocks: 8 fresh ones without reuse.
+        assert!(
+            blocks.len() <= 4,
+            "{} blocks for 12 frames of 40 KB",
+            blocks.len()
+        );
     }
 
     /// Frames of these body sizes, encoded back to back.
