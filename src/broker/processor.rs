@@ -526,7 +526,11 @@ async fn send(
             if !uniq.is_empty() {
                 uniq.push(',');
             }
-            uniq.push_str(&String::from_utf8_lossy(u));
+            // from_utf8 first: the lossy conversion's chunk walk was ~1 % under batches.
+            match std::str::from_utf8(u) {
+                Ok(k) => uniq.push_str(k),
+                Err(_) => uniq.push_str(&String::from_utf8_lossy(u)),
+            }
         }
     }
     let shared_topic: std::sync::Arc<str> = topic.into();

@@ -15,15 +15,30 @@ pub const DELAY: &str = "DELAY";
 /// Iterates the `(name, value)` pairs of a properties string, with Java's leniency: segments
 /// shorter than 3 bytes or without an inner separator are skipped; a trailing separator is fine.
 pub fn iter(props: &[u8]) -> impl Iterator<Item = (&[u8], &[u8])> {
-    props.split(|b| *b == PROPERTY_SEPARATOR).filter_map(|seg| {
+    // memchr rather than a byte-at-a-time split: the store and the send path each scan
+    // every message's properties (~5 % of the broker's time under batches).
+    let mut rest = Some(props);
+    std::iter::from_fn(move || loop {
+        let r = rest?;
+        let seg = match memchr::memchr(PROPERTY_SEPARATOR, r) {
+            Some(i) => {
+                rest = Some(&r[i + 1..]);
+                &r[..i]
+            }
+            None => {
+                rest = None;
+                r
+            }
+        };
         if seg.len() < 3 {
-            return None;
+            continue;
         }
-        let at = seg.iter().position(|b| *b == NAME_VALUE_SEPARATOR)?;
-        if at == 0 || at + 1 == seg.len() {
-            return None;
+        match memchr::memchr(NAME_VALUE_SEPARATOR, seg) {
+            Some(at) if at != 0 && at + 1 != seg.len() => {
+                return Some((&seg[..at], &seg[at + 1..]))
+            }
+            _ => continue,
         }
-        Some((&seg[..at], &seg[at + 1..]))
     })
 }
 
@@ -97,6 +112,27 @@ mod tests {
         assert_eq!(d.keys, get(p, KEYS));
         assert_eq!(d.uniq_key, get(p, UNIQ_KEY));
         assert_eq!(dispatched(b"X\x01y\x02"), Dispatched::default());
+    }
+
+    proptest::proptest! {
+        /// The memchr scan yields what a plain split does, separators anywhere.
+        #[test]
+        fn iter_matches_a_plain_split(
+            p in proptest::collection::vec(
+                proptest::prop_oneof![proptest::strategy::Just(1u8), proptest::strategy::Just(2u8), 0u8..=255],
+                0..48,
+            )
+        ) {
+            let reference: Vec<_> = p
+                .split(|b| *b == PROPERTY_SEPARATOR)
+                .filter_map(|seg| {
+                    let at = seg.iter().position(|b| *b == NAME_VALUE_SEPARATOR)?;
+                    (seg.len() >= 3 && at != 0 && at + 1 != seg.len())
+                        .then(|| (&seg[..at], &seg[at + 1..]))
+                })
+                .collect();
+            proptest::prop_assert_eq!(iter(&p).collect::<Vec<_>>(), reference);
+        }
     }
 
     #[test]
