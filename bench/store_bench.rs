@@ -448,6 +448,7 @@ fn main() {
         }
     }
     if opts.no_extras {
+        write_report(&md, &base);
         return;
     }
     // A failed run (the shared disk refusing space, say) is reported, not fatal.
@@ -498,6 +499,11 @@ fn main() {
             "not met"
         }
     ));
+    write_report(&md, &base);
+}
+
+/// Writes the report to `bench/results/store-<unix time>.md` and removes the stores.
+fn write_report(md: &str, base: &Path) {
     let out = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("bench/results");
     let _ = std::fs::create_dir_all(&out);
     let stamp = std::time::SystemTime::now()
@@ -508,5 +514,5 @@ fn main() {
     if std::fs::write(&file, md).is_ok() {
         println!("\nwritten to {}", file.display());
     }
-    let _ = std::fs::remove_dir_all(&base);
+    let _ = std::fs::remove_dir_all(base);
 }
