@@ -6,6 +6,7 @@
 //! retention.
 
 pub mod admin;
+pub mod blocks;
 pub mod broker;
 pub mod client;
 pub mod config;

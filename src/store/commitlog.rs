@@ -27,6 +27,7 @@ use super::dma::{align_down, align_up, DmaPool, ALIGN};
 use super::error::{check_written, io_err, Result, StoreError};
 use super::notify::Notify;
 use super::offset::{file_name, parse_file_name, CommitLogOffset, ShardId};
+use crate::blocks::BlockPool;
 use crate::message::record::{self, RecordMeta, RecordView, BLANK_MAGIC};
 
 /// Most bytes one flush round writes.
@@ -137,47 +138,27 @@ impl TailCache {
 /// Size of one encode block: runs are split off it until it is full.
 const CHUNK_BLOCK: usize = 1 << 20;
 
-/// Recycles encode blocks once the tail cache has let go of every run cut from them.
-///
-/// Each block keeps an empty handle here; when its runs are all evicted the handle is the
-/// only owner and `try_reclaim` hands the whole block back without allocating. A fresh
-/// block is fresh memory, a page fault per 4 KiB appended (~14k/s pipelined), and so is one
-/// the allocator gave back to the kernel after its runs were evicted. Past the cache's first
-/// fill the pool took the faults from 2.8-3.0k/s to 0.9-1.9k/s (bench/README.md, session 8);
-/// it holds no more than the cache and the unflushed tail would anyway, plus 8 blocks.
-struct ChunkPool {
-    blocks: std::collections::VecDeque<BytesMut>,
-    max_blocks: usize,
-}
+/// Recycles encode blocks once the tail cache has let go of every run cut from them
+/// ([`BlockPool`]). Past the cache's first fill the reuse took page faults from 2.8-3.0k/s to
+/// 0.9-1.9k/s (bench/README.md, session 8); the pool holds no more than the cache and the
+/// unflushed tail would anyway, plus 8 blocks.
+struct ChunkPool(BlockPool);
 
 impl ChunkPool {
     fn new(bytes: u64) -> Self {
-        ChunkPool {
-            blocks: Default::default(),
-            // The cache and the unflushed tail, plus a few blocks still pinned by readers.
-            max_blocks: (bytes / CHUNK_BLOCK as u64) as usize + 8,
-        }
+        // The cache and the unflushed tail, plus a few blocks still pinned by readers.
+        ChunkPool(BlockPool::new(
+            CHUNK_BLOCK,
+            (bytes / CHUNK_BLOCK as u64) as usize + 8,
+        ))
     }
 
-    /// A block with room for `len` bytes: the oldest one if nothing uses it any more.
+    /// A block with room for `len` bytes: a kept one if nothing uses it any more.
     fn take(&mut self, len: usize) -> BytesMut {
         if len > CHUNK_BLOCK {
             return BytesMut::with_capacity(len);
         }
-        let reclaimed = self
-            .blocks
-            .front_mut()
-            .is_some_and(|k| k.try_reclaim(CHUNK_BLOCK));
-        let mut block = match reclaimed {
-            true => self.blocks.pop_front().unwrap_or_default(),
-            false => BytesMut::with_capacity(CHUNK_BLOCK),
-        };
-        if self.blocks.len() >= self.max_blocks {
-            // The oldest is pinned (a slow reader): let it go rather than hold more.
-            self.blocks.pop_front();
-        }
-        self.blocks.push_back(block.split_to(0));
-        block
+        self.0.take(|| BytesMut::with_capacity(CHUNK_BLOCK)).0
     }
 }
 
@@ -1282,19 +1263,7 @@ mod tests {
         // Larger than a block: its own allocation, never pooled.
         let big = pool.take(CHUNK_BLOCK + 1);
         assert!(big.capacity() > CHUNK_BLOCK);
-        assert!(pool.blocks.len() <= pool.max_blocks);
-    }
-
-    #[test]
-    fn pinned_blocks_are_let_go_past_the_bound() {
-        let mut pool = ChunkPool::new(0);
-        let mut held = Vec::new();
-        for _ in 0..pool.max_blocks * 2 {
-            let mut b = pool.take(10);
-            b.extend_from_slice(b"x");
-            held.push(b.split().freeze());
-        }
-        assert!(pool.blocks.len() <= pool.max_blocks);
+        assert!(pool.0.kept() <= 8, "the bound for an empty cache");
     }
 
     /// `len` bytes whose address is `phase` past a page boundary.
