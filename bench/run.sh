@@ -156,20 +156,20 @@ log "many topics: 10,000 x 8 idle, then 1,000 active vs 1"
 sleep 2
 RSS=$(awk '/VmRSS/ {print $2}' "/proc/$BROKER_PID/status")
 echo "{\"kind\":\"rss\",\"topics\":10000,\"queues\":8,\"rss_kb\":$RSS}" >>"$OUT"
-spread() { if [ "$1" = 1 ]; then echo "-t Many_0"; else echo "-t Many --topics $1"; fi; }
+spread() { if [ "$1" = 1 ]; then SPREAD=(-t Many_0); else SPREAD=(-t Many --topics "$1"); fi; }
 # A first pass creates the queues' files, once per queue as a topic is first used; the shard's
 # flusher takes 9-13 s for these 8,000 (the broker logs it: "8000 consume queue(s) written
 # ... in 10.2s"), so the measured passes wait for it: the row compares steady sends. Then
 # they alternate, $REPS of each (one 3 s pass apiece moved the ratio between 77 and 97 %).
 for T in 1000 1; do
-  # shellcheck disable=SC2046
-  "$MQB" producer -n "$NS" $(spread "$T") -c 8 -i 16 -m async -d 2 -w 0 --quiet >/dev/null
+  spread "$T"
+  "$MQB" producer -n "$NS" "${SPREAD[@]}" -c 8 -i 16 -m async -d 2 -w 0 --quiet >/dev/null
 done
 sleep 15
 for _ in $(seq "$REPS"); do
   for T in 1000 1; do
-    # shellcheck disable=SC2046
-    "$MQB" producer -n "$NS" $(spread "$T") -c 8 -i 16 -m async -d "$SECS" -w 1 --quiet \
+    spread "$T"
+    "$MQB" producer -n "$NS" "${SPREAD[@]}" -c 8 -i 16 -m async -d "$SECS" -w 1 --quiet \
       --label "topics:$T" --json "$OUT"
   done
 done
