@@ -36,11 +36,17 @@ pub fn on_executor<R: Send + 'static>(
         .expect("join")
 }
 
+/// Block sizes of the durable-write limit: one round of 64 appenders of 1 KiB and of 4 KiB.
+pub const DURABLE_BLOCKS: [usize; 2] = [64 << 10, 256 << 10];
+
 pub struct Raw {
     pub write_mbps: f64,
     pub read_mbps: f64,
     pub fsync_p50_us: f64,
     pub fsync_p99_us: f64,
+    /// Sequential `O_DSYNC` writes, one in flight, into written blocks: (block bytes, MB/s).
+    /// One durable write per round is what a SYNC_FLUSH group commit does.
+    pub durable: Vec<(usize, f64)>,
 }
 
 pub async fn raw_write(path: PathBuf, total: u64, block: usize, depth: usize) -> f64 {
@@ -124,16 +130,57 @@ pub async fn raw_fsync(path: PathBuf, n: usize) -> (f64, f64) {
     )
 }
 
+/// Sequential `O_DSYNC` writes of `block` bytes, one in flight, `n` of them, into blocks
+/// written once before (as warmed segments are): MB/s.
+pub async fn raw_dsync_write(path: PathBuf, block: usize, n: usize) -> f64 {
+    let _ = std::fs::remove_file(&path);
+    let total = (block * n) as u64;
+    let f = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .dma_open(&path)
+        .await
+        .expect("open");
+    f.pre_allocate(total, false).await.expect("fallocate");
+    let mut pos = 0;
+    while pos < total {
+        let len = (total - pos).min(1 << 20) as usize;
+        let mut z = f.alloc_dma_buffer(len);
+        z.as_bytes_mut().fill(0);
+        f.write_at(z, pos).await.expect("write");
+        pos += len as u64;
+    }
+    f.fdatasync().await.expect("fdatasync");
+    f.close().await.expect("close");
+    let f = OpenOptions::new()
+        .write(true)
+        .custom_flags(libc::O_DSYNC)
+        .dma_open(&path)
+        .await
+        .expect("open O_DSYNC");
+    let start = Instant::now();
+    for i in 0..n {
+        let mut b = f.alloc_dma_buffer(block);
+        b.as_bytes_mut().fill(2);
+        f.write_at(b, (i * block) as u64).await.expect("write");
+    }
+    let mbps = total as f64 / start.elapsed().as_secs_f64() / 1e6;
+    let _ = std::fs::remove_file(&path);
+    mbps
+}
+
 pub fn raw_limits(dir: &Path, reps: usize) -> Raw {
     let total = 512u64 << 20;
     let mut w = Vec::new();
     let mut r = Vec::new();
     let mut p50 = Vec::new();
     let mut p99 = Vec::new();
+    let mut d: Vec<Vec<f64>> = vec![Vec::new(); DURABLE_BLOCKS.len()];
     for _ in 0..reps {
         let path = dir.join("raw.dat");
         let probe = dir.join("probe.dat");
-        let (wm, rm, (a, b)) = on_executor(move || {
+        let (wm, rm, (a, b), ds) = on_executor(move || {
             Box::pin(async move {
                 coremq::store::dma::prime_iopoll_probe(&probe)
                     .await
@@ -143,11 +190,19 @@ pub fn raw_limits(dir: &Path, reps: usize) -> Raw {
                 let fs = raw_fsync(path.with_extension("sync"), 300).await;
                 let _ = std::fs::remove_file(&path);
                 let _ = std::fs::remove_file(path.with_extension("sync"));
-                (wm, rm, fs)
+                let mut ds = Vec::new();
+                for block in DURABLE_BLOCKS {
+                    let n = (64 << 20) / block;
+                    ds.push(raw_dsync_write(path.with_extension("dsync"), block, n).await);
+                }
+                (wm, rm, fs, ds)
             })
         });
         w.push(wm);
         r.push(rm);
+        for (k, v) in ds.into_iter().enumerate() {
+            d[k].push(v);
+        }
         p50.push(a);
         p99.push(b);
     }
@@ -156,6 +211,10 @@ pub fn raw_limits(dir: &Path, reps: usize) -> Raw {
         read_mbps: median(r),
         fsync_p50_us: median(p50),
         fsync_p99_us: median(p99),
+        durable: DURABLE_BLOCKS
+            .into_iter()
+            .zip(d.into_iter().map(median))
+            .collect(),
     }
 }
 

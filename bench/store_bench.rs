@@ -369,9 +369,22 @@ fn main() {
     let raw = raw_limits(&base, opts.reps);
     say(format!(
         "## Raw limits (median of {})\n\n| O_DIRECT seq write 1 MiB QD4 | O_DIRECT seq read 1 MiB QD1 \
-         | fdatasync after 4 KiB write p50 | p99 |\n|---|---|---|---|\n| {:.0} MB/s | {:.0} MB/s | \
-         {:.0} µs | {:.0} µs |\n",
-        opts.reps, raw.write_mbps, raw.read_mbps, raw.fsync_p50_us, raw.fsync_p99_us
+         | fdatasync after 4 KiB write p50 | p99 |{}\n|---|---|---|---|{}\n| {:.0} MB/s | {:.0} MB/s | \
+         {:.0} µs | {:.0} µs |{}\n",
+        opts.reps,
+        raw.durable
+            .iter()
+            .map(|(b, _)| format!(" O_DSYNC seq write {} KiB QD1 |", b >> 10))
+            .collect::<String>(),
+        "---|".repeat(raw.durable.len()),
+        raw.write_mbps,
+        raw.read_mbps,
+        raw.fsync_p50_us,
+        raw.fsync_p99_us,
+        raw.durable
+            .iter()
+            .map(|(_, m)| format!(" {m:.0} MB/s |"))
+            .collect::<String>(),
     ));
     say("## Appends\n\n| record | shards | flush | appenders | appends/s | MB/s | of raw write \
          | p50 µs | p99 µs | p99.9 µs | max µs | p99 / raw fsync p99 |\n|---|---|---|---|---|---|---|---|---|---|---|---|"
@@ -446,6 +459,32 @@ fn main() {
                 }
             }
         }
+    }
+    // What one durable write stream allows a closed loop of 64 appenders: a round commits at
+    // most 64 records, so a shard's rounds are at best back-to-back durable writes of that size.
+    let durable_rows: Vec<String> = sync64
+        .iter()
+        .filter_map(|(size, shards, ratio, _)| {
+            let round = 64 * size;
+            let (_, limit) = raw.durable.iter().find(|(b, _)| *b == round)?;
+            let mbps = ratio * raw.write_mbps;
+            Some(format!(
+                "| {size} B | {shards} | {mbps:.0} | {} KiB: {limit:.0} MB/s ({:.0} % of raw write) | {:.0} % |",
+                round >> 10,
+                limit / raw.write_mbps * 100.0,
+                mbps / limit * 100.0
+            ))
+        })
+        .collect();
+    if !durable_rows.is_empty() {
+        say(format!(
+            "\n## SYNC_FLUSH, 64 appenders, against one durable write stream\n\n\
+             A round commits at most the 64 records waiting, so a shard's best is back-to-back \
+             `O_DSYNC` writes of 64 records, one in flight (two shards: two such streams).\n\n\
+             | record | shards | SYNC MB/s | durable writes of one round, one stream | SYNC / that |\n\
+             |---|---|---|---|---|\n{}",
+            durable_rows.join("\n")
+        ));
     }
     if opts.no_extras {
         write_report(&md, &base);
