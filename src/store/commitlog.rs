@@ -181,6 +181,8 @@ struct WriteState {
     zeroed: u64,
     /// A warming write in flight, `[start, end)`: data writes there wait for it.
     zeroing: Option<(u64, u64)>,
+    /// The warmer stopped on an error.
+    warming_failed: bool,
 }
 
 /// Where one appended record landed.
@@ -399,6 +401,7 @@ impl CommitLog {
                 written_store_ts: 0,
                 zeroed: 0,
                 zeroing: None,
+                warming_failed: false,
             }),
             changed: Notify::default(),
             appended: Notify::default(),
@@ -466,7 +469,11 @@ impl CommitLog {
         st.written = end;
         st.flushed = end;
         st.durable = end;
-        st.zeroed = end;
+        // Segments are zeroed whole before records reach them (`run_warmer`): the rest of the
+        // tail's segment is taken as zeroed, not zeroed again at once (a burst that rounds
+        // would queue behind). A segment that was not (written by an older version, or
+        // overtaken by the records) is only slower to append to.
+        st.zeroed = end.div_ceil(self.seg_size) * self.seg_size;
         st.cache = cache;
         Ok(())
     }
@@ -1110,49 +1117,77 @@ impl CommitLog {
         }
     }
 
-    /// Keeps zeros written (and synced) `warm_ahead_bytes` ahead of the tail, in the
-    /// background, so data writes land in blocks already mapped as written: an `fdatasync`
-    /// after them then carries no extent conversion. Runs until [`CommitLog::close`].
+    /// Zeroes segments before records reach them, in the background, so data writes land in
+    /// blocks the filesystem already maps as written. Runs until [`CommitLog::close`].
+    ///
+    /// Why the *next* segment: on ext4 a durable write (`O_DSYNC`, `fdatasync`) commits the
+    /// journal whenever its file has an extent conversion not yet committed, and writing zeros
+    /// converts extents. Zeros written into the segment being appended to, however far ahead
+    /// of the data, put a journal commit into nearly every SYNC_FLUSH round; zeros written
+    /// into the next segment (another file) do not. So while records go into one segment, the
+    /// next is zeroed, paced to stay `warm_ahead_bytes` ahead of the tail's offset in its own
+    /// segment: zero writes then come a chunk at a time, between rounds, not as a burst that
+    /// rounds would queue behind. A segment holding the tail that was not zeroed (a store
+    /// written by an older version) is zeroed first, at once; a new store's first segment is
+    /// zeroed while the store opens ([`CommitLog::wait_warmed`]).
     pub async fn run_warmer(self: Rc<Self>) {
-        // Small writes, so a data write or fdatasync never queues behind a long one; one
-        // fdatasync per SYNC_EVERY commits their extent conversions (O_DSYNC segments commit
-        // their own).
+        // Writes through a handle without O_DSYNC (an O_DSYNC write would flush the device
+        // cache for zeros); one fdatasync at each segment's end commits their conversions.
         const CHUNK: u64 = 256 << 10;
-        const SYNC_EVERY: u64 = 4 << 20;
-        // Within about one segment: tiny test segments must not multiply ahead of need.
-        let ahead = self.cfg.warm_ahead_bytes.min(self.seg_size / 2).max(1);
+        let seg = self.seg_size;
+        let lead = self.cfg.warm_ahead_bytes.max(CHUNK);
         let next = |st: &WriteState| warm_start(st.zeroed, st.written);
-        let mut unsynced = 0u64;
+        let goal = |st: &WriteState| {
+            let next_base = (st.written / seg + 1) * seg;
+            match st.zeroed < next_base {
+                true => next_base,
+                false => (next_base + st.written % seg + lead).min(next_base + seg),
+            }
+        };
         let mut zeros: Option<Rc<glommio::io::DmaBuffer>> = None;
+        // The segment being zeroed, opened without O_DSYNC: (base, file).
+        let mut handle: Option<(u64, DmaFile)> = None;
         loop {
             self.appended
                 .wait_until(|| {
                     let st = self.st.borrow();
-                    st.closing || st.error.is_some() || next(&st) < st.written + ahead
+                    st.closing || st.error.is_some() || next(&st) < goal(&st)
                 })
                 .await;
             let (start, end) = {
                 let mut st = self.st.borrow_mut();
                 if st.closing || st.error.is_some() {
-                    return;
+                    break;
                 }
                 let start = next(&st);
-                let seg_end = (start / self.seg_size + 1) * self.seg_size;
+                let seg_end = (start / seg + 1) * seg;
                 let end = (start + CHUNK).min(seg_end);
                 // Claimed before any await: the flusher waits for it, and `written` may
                 // grow into it meanwhile.
                 st.zeroing = Some((start, end));
                 (start, end)
             };
-            let seg_base = start / self.seg_size * self.seg_size;
+            let seg_base = start / seg * seg;
             let result = async {
-                let seg = self.segment_for_write(seg_base).await?;
+                let s = self.segment_for_write(seg_base).await?;
+                if handle.as_ref().map(|h| h.0) != Some(seg_base) {
+                    if let Some((_, old)) = handle.take() {
+                        old.close().await.ok();
+                    }
+                    let file = OpenOptions::new()
+                        .write(true)
+                        .dma_open(&s.path)
+                        .await
+                        .map_err(io_err("opening segment", &s.path))?;
+                    handle = Some((seg_base, file));
+                }
+                let file = &handle.as_ref().expect("opened above").1;
                 let len = (end - start) as usize;
                 // One buffer of zeros serves every full chunk.
                 let buf = match &zeros {
                     Some(z) if len == CHUNK as usize => Rc::clone(z),
                     _ => {
-                        let mut b = seg.file.alloc_dma_buffer(len);
+                        let mut b = file.alloc_dma_buffer(len);
                         b.as_bytes_mut().fill(0);
                         let b = Rc::new(b);
                         if len == CHUNK as usize {
@@ -1161,17 +1196,12 @@ impl CommitLog {
                         b
                     }
                 };
-                let r = seg.file.write_rc_at(buf, start - seg.base).await;
-                check_written(r, len, "warming segment", &seg.path)?;
-                unsynced += end - start;
-                if (!self.cfg.dsync_segments() && unsynced >= SYNC_EVERY)
-                    || end % self.seg_size == 0
-                {
-                    unsynced = 0;
-                    seg.file
-                        .fdatasync()
+                let r = file.write_rc_at(buf, start - s.base).await;
+                check_written(r, len, "warming segment", &s.path)?;
+                if end % seg == 0 {
+                    file.fdatasync()
                         .await
-                        .map_err(io_err("syncing segment", &seg.path))?;
+                        .map_err(io_err("syncing segment", &s.path))?;
                 }
                 Ok::<(), StoreError>(())
             }
@@ -1179,17 +1209,34 @@ impl CommitLog {
             {
                 let mut st = self.st.borrow_mut();
                 st.zeroing = None;
-                if result.is_ok() {
-                    st.zeroed = end;
+                match &result {
+                    Ok(()) => st.zeroed = end,
+                    Err(_) => st.warming_failed = true,
                 }
             }
             self.changed.notify_all();
             if let Err(e) = result {
                 // Not fatal: appends still work on unwarmed blocks, only slower.
                 log::warn!("shard {}: stopping segment warming: {e}", self.shard);
-                return;
+                break;
             }
         }
+        if let Some((_, file)) = handle {
+            file.close().await.ok();
+        }
+    }
+
+    /// Waits until the segment holding the tail is zeroed whole, or warming stopped. A new
+    /// store's shards wait here while they open, so that the first segment's records too
+    /// land in written blocks.
+    pub async fn wait_warmed(&self) {
+        self.changed
+            .wait_until(|| {
+                let st = self.st.borrow();
+                let seg_end = (st.written / self.seg_size + 1) * self.seg_size;
+                st.zeroed >= seg_end || st.warming_failed || st.closing || st.error.is_some()
+            })
+            .await;
     }
 
     /// Stops accepting appends and waits for the flusher to make everything durable.

@@ -152,12 +152,14 @@ pub struct StoreConfig {
     pub commit_interval_ms: u64,
     /// Largest single DMA write.
     pub max_write_bytes: u64,
-    /// `warmMapedFileEnable`: write zeros ahead of the commitlog's tail (and `fdatasync`
-    /// them), so appends land in blocks the filesystem already maps as written and a
-    /// durable write commits no extent conversion. `None` turns it on for `SYNC_FLUSH`,
-    /// where every acknowledgement waits for one.
+    /// `warmMapedFileEnable`: zero each commitlog segment (and `fdatasync` it) before the
+    /// records reach it, so appends land in blocks the filesystem already maps as written
+    /// and a durable write commits no extent conversion (`CommitLog::run_warmer`). A new
+    /// store zeroes its first segment while it opens. `None` turns it on for `SYNC_FLUSH`,
+    /// where every acknowledgement waits for a durable write.
     pub warm_segments: Option<bool>,
-    /// How far ahead of the tail the zeros are kept, when warming.
+    /// When warming: how far the next segment's zeros stay ahead of the tail's offset in its
+    /// own segment (the zeros keep pace with the appends, a little ahead).
     pub warm_ahead_bytes: u64,
     /// Unflushed bytes per shard past which appenders wait (backpressure).
     pub max_unflushed_bytes: u64,
@@ -228,7 +230,7 @@ impl StoreConfig {
             commit_interval_ms: 1,
             max_write_bytes: 1 << 20,
             warm_segments: None,
-            warm_ahead_bytes: 32 << 20,
+            warm_ahead_bytes: 4 << 20,
             max_unflushed_bytes: 64 << 20,
             tail_cache_bytes: 256 << 20,
             read_ahead_bytes: 1 << 20,

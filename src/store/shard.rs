@@ -400,7 +400,18 @@ impl ShardStore {
         }
         // Make the repaired state durable before serving.
         shard.flush_logics(true).await?;
+        let fresh = shard.log.segments().is_empty();
         shard.spawn_tasks();
+        if fresh && shard.cfg.warms_segments() {
+            // A new store: its first segment is zeroed before it takes records, as every
+            // later one is (`CommitLog::run_warmer`).
+            let t = std::time::Instant::now();
+            shard.log.wait_warmed().await;
+            log::info!(
+                "shard {id}: first commitlog segment zeroed in {:?} (warmMapedFileEnable)",
+                t.elapsed()
+            );
+        }
         log::info!(
             "shard {id}: open in {:?}: commitlog [{}, {}), {} queue(s)",
             started.elapsed(),
