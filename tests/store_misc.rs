@@ -252,6 +252,100 @@ fn warmed_segments_keep_every_record() {
     }
 }
 
+/// Whether any extent of `path` is unwritten (allocated but never written: the first write
+/// there converts it, and a durable write then commits the journal), by FIEMAP; `None` where
+/// the filesystem does not say. Panics if the file is missing.
+fn has_unwritten_extents(path: &std::path::Path) -> Option<bool> {
+    use std::os::fd::AsRawFd;
+    #[repr(C)]
+    struct Extent {
+        logical: u64,
+        physical: u64,
+        length: u64,
+        reserved64: [u64; 2],
+        flags: u32,
+        reserved: [u32; 3],
+    }
+    #[repr(C)]
+    struct Fiemap {
+        start: u64,
+        length: u64,
+        flags: u32,
+        mapped: u32,
+        count: u32,
+        reserved: u32,
+        extents: [Extent; 32],
+    }
+    const FS_IOC_FIEMAP: libc::c_ulong = 0xC020_660B;
+    const FIEMAP_FLAG_SYNC: u32 = 0x1;
+    const FIEMAP_EXTENT_LAST: u32 = 0x1;
+    const FIEMAP_EXTENT_UNWRITTEN: u32 = 0x800;
+    let f = std::fs::File::open(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let mut start = 0;
+    loop {
+        // SAFETY: plain integers; all zeros is a valid value.
+        let mut m: Fiemap = unsafe { std::mem::zeroed() };
+        m.start = start;
+        m.length = u64::MAX - start;
+        m.flags = FIEMAP_FLAG_SYNC;
+        m.count = 32;
+        // SAFETY: FS_IOC_FIEMAP with a struct sized for `count` extents.
+        if unsafe { libc::ioctl(f.as_raw_fd(), FS_IOC_FIEMAP, &mut m) } != 0 {
+            return None;
+        }
+        if m.mapped == 0 {
+            return Some(false);
+        }
+        for e in &m.extents[..m.mapped as usize] {
+            if e.flags & FIEMAP_EXTENT_UNWRITTEN != 0 {
+                return Some(true);
+            }
+            if e.flags & FIEMAP_EXTENT_LAST != 0 {
+                return Some(false);
+            }
+            start = e.logical + e.length;
+        }
+    }
+}
+
+/// Segment warming zeroes a new store's first segment before `open` returns, and the next
+/// segment while records go into the first: neither leaves an unwritten extent for a
+/// SYNC_FLUSH round to convert.
+#[test]
+fn warming_zeroes_the_first_segment_at_open_and_the_next_one_ahead() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = small_config(dir.path(), 1);
+    cfg.flush_disk_type = FlushDiskType::SyncFlush;
+    cfg.segment_size = 1 << 20;
+    assert!(
+        cfg.warms_segments(),
+        "warming is on by default for SYNC_FLUSH"
+    );
+    let store = Store::open(cfg.clone()).unwrap();
+    let seg = |base: u64| {
+        cfg.commitlog_dir
+            .join("0")
+            .join(coremq::store::offset::file_name(base))
+    };
+    let Some(first) = has_unwritten_extents(&seg(0)) else {
+        eprintln!("skipped: no FIEMAP on {}", dir.path().display());
+        store.shutdown().unwrap();
+        return;
+    };
+    assert!(!first, "the first segment has unwritten extents after open");
+    block(store.put(vec![msg("Z", 0, b"one", "", "", "")])).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while has_unwritten_extents(&seg(1 << 20)) != Some(false) {
+        assert!(
+            Instant::now() < deadline,
+            "the next segment was not zeroed ahead of the records"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(read_all(&store, "Z", 0), vec![Bytes::from_static(b"one")]);
+    store.shutdown().unwrap();
+}
+
 /// Consume queues are synced as upstream does: a regular flush leaves a queue with less
 /// than `flush_cq_least_pages` unsynced, and the checkpoint's consume-queue point (where
 /// recovery re-dispatches from) stays at its oldest unsynced entry; a thorough flush syncs

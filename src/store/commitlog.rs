@@ -309,6 +309,16 @@ async fn open_segment(
     }))
 }
 
+/// How far the warmer zeroes: through the end of the tail's segment if that is not zeroed
+/// yet, else into the next segment as far as the tail is into its own, plus `lead`.
+fn warm_goal(zeroed: u64, written: u64, seg: u64, lead: u64) -> u64 {
+    let next_base = (written / seg + 1) * seg;
+    match zeroed < next_base {
+        true => next_base,
+        false => (next_base + written % seg + lead).min(next_base + seg),
+    }
+}
+
 /// Where the next warming write starts: past what is warmed, and never below the end of the
 /// page holding `written` (the flusher may already have written that partial page, and would
 /// not rewrite it before the next append).
@@ -1137,13 +1147,7 @@ impl CommitLog {
         let seg = self.seg_size;
         let lead = self.cfg.warm_ahead_bytes.max(CHUNK);
         let next = |st: &WriteState| warm_start(st.zeroed, st.written);
-        let goal = |st: &WriteState| {
-            let next_base = (st.written / seg + 1) * seg;
-            match st.zeroed < next_base {
-                true => next_base,
-                false => (next_base + st.written % seg + lead).min(next_base + seg),
-            }
-        };
+        let goal = |st: &WriteState| warm_goal(st.zeroed, st.written, seg, lead);
         let mut zeros: Option<Rc<glommio::io::DmaBuffer>> = None;
         // The segment being zeroed, opened without O_DSYNC: (base, file).
         let mut handle: Option<(u64, DmaFile)> = None;
@@ -1277,6 +1281,24 @@ impl CommitLog {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn warming_finishes_the_tail_segment_then_keeps_pace_in_the_next() {
+        let (seg, lead) = (100 << 20, 4 << 20);
+        // A tail segment not zeroed (a new store, an older version's): all of it, at once.
+        assert_eq!(warm_goal(0, 0, seg, lead), seg);
+        assert_eq!(warm_goal(10 << 20, 5 << 20, seg, lead), seg);
+        // Then the next segment, as far as the tail is into its own, plus the lead.
+        assert_eq!(warm_goal(seg, 0, seg, lead), seg + lead);
+        assert_eq!(
+            warm_goal(seg + (8 << 20), 30 << 20, seg, lead),
+            seg + (34 << 20)
+        );
+        // Never past the next segment's end.
+        assert_eq!(warm_goal(seg + (97 << 20), 98 << 20, seg, lead), 2 * seg);
+        // The tail moved into the next segment: the one after it is next.
+        assert_eq!(warm_goal(2 * seg, seg + 1, seg, lead), 2 * seg + 1 + lead);
+    }
 
     #[test]
     fn warming_never_starts_inside_written_pages() {
