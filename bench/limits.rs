@@ -166,6 +166,7 @@ pub async fn raw_dsync_write(path: PathBuf, block: usize, n: usize) -> f64 {
         f.write_at(b, (i * block) as u64).await.expect("write");
     }
     let mbps = total as f64 / start.elapsed().as_secs_f64() / 1e6;
+    f.close().await.expect("close");
     let _ = std::fs::remove_file(&path);
     mbps
 }

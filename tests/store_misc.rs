@@ -252,6 +252,27 @@ fn warmed_segments_keep_every_record() {
     }
 }
 
+/// A store that was shut down holds none of its files open, so the space of files deleted
+/// after it (a test's or a benchmark's store) is freed at once, not at process exit.
+#[test]
+fn shutdown_closes_every_file_of_the_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = small_config(dir.path(), 2);
+    cfg.flush_disk_type = FlushDiskType::SyncFlush;
+    let store = Store::open(cfg).unwrap();
+    for i in 0..200u32 {
+        let key = format!("k{i}");
+        block(store.put(vec![msg("F", i % 4, b"body", "tag", &key, "")])).unwrap();
+    }
+    store.shutdown().unwrap();
+    let open: Vec<std::path::PathBuf> = std::fs::read_dir("/proc/self/fd")
+        .unwrap()
+        .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+        .filter(|p| p.starts_with(dir.path()))
+        .collect();
+    assert!(open.is_empty(), "still open after shutdown: {open:?}");
+}
+
 /// Whether any extent of `path` is unwritten (allocated but never written: the first write
 /// there converts it, and a durable write then commits the journal), by FIEMAP; `None` where
 /// the filesystem does not say. Panics if the file is missing.

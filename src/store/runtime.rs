@@ -237,6 +237,11 @@ impl Store {
                     }
                     LOCAL.with(|l| *l.borrow_mut() = Some((table, shard.clone())));
                     serve(shard, rx).await;
+                    // A file dropped (the shard's, now) is closed by an operation queued for
+                    // the executor's next poll of its rings: give it that poll, or the
+                    // descriptors of a closed store, and the space of its deleted files,
+                    // stay held until the process exits.
+                    glommio::timer::sleep(std::time::Duration::from_millis(1)).await;
                 })
                 .map_err(|e| StoreError::Config(format!("starting shard {i}: {e}")))?;
             threads.push(std::thread::spawn(move || {
@@ -311,8 +316,9 @@ impl Store {
         }
     }
 
-    /// Clean shutdown: every shard flushes and checkpoints, then `abort` is removed and the
-    /// lock released. Blocking; call from a plain thread. Idempotent.
+    /// Clean shutdown: every shard flushes and checkpoints and its thread ends (closing every
+    /// file of the store), then `abort` is removed and the lock released. Blocking; call from
+    /// a plain thread. Idempotent.
     pub fn shutdown(&self) -> Result<()> {
         {
             let mut closed = self.inner.closed.lock().unwrap_or_else(|e| e.into_inner());
@@ -322,6 +328,11 @@ impl Store {
             *closed = true;
         }
         let res = self.close_shards();
+        // The shards are done once their threads are: every file of the store closed.
+        for t in std::mem::take(&mut *self.inner.threads.lock().unwrap_or_else(|e| e.into_inner()))
+        {
+            let _ = t.join();
+        }
         if res.is_ok() {
             let abort = self.inner.root.join("abort");
             std::fs::remove_file(&abort).map_err(io_err("removing", &abort))?;
