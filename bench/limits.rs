@@ -49,18 +49,22 @@ pub struct Raw {
     pub durable: Vec<(usize, f64)>,
 }
 
+/// A new file at `path` (an old one removed), preallocated to `size` bytes.
+async fn fresh_file(path: &Path, size: u64) -> DmaFile {
+    let _ = std::fs::remove_file(path);
+    let f = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .dma_open(path)
+        .await
+        .unwrap_or_else(|e| panic!("opening {}: {e}", path.display()));
+    f.pre_allocate(size, false).await.expect("fallocate");
+    f
+}
+
 pub async fn raw_write(path: PathBuf, total: u64, block: usize, depth: usize) -> f64 {
-    let _ = std::fs::remove_file(&path);
-    let f = Rc::new(
-        OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .dma_open(&path)
-            .await
-            .expect("open raw file"),
-    );
-    f.pre_allocate(total, false).await.expect("fallocate");
+    let f = Rc::new(fresh_file(&path, total).await);
     let start = Instant::now();
     let mut pos = 0u64;
     let mut inflight = std::collections::VecDeque::new();
@@ -99,15 +103,7 @@ pub async fn raw_read(path: PathBuf, total: u64, block: usize) -> f64 {
 }
 
 pub async fn raw_fsync(path: PathBuf, n: usize) -> (f64, f64) {
-    let _ = std::fs::remove_file(&path);
-    let f = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .dma_open(&path)
-        .await
-        .expect("open");
-    f.pre_allocate(64 << 20, false).await.expect("fallocate");
+    let f = fresh_file(&path, 64 << 20).await;
     // Written once first: the limit is a durable rewrite of mapped blocks, as the store's
     // warmed segments give it (a first write to fallocated space also commits an extent
     // conversion, which is slower).
@@ -133,16 +129,8 @@ pub async fn raw_fsync(path: PathBuf, n: usize) -> (f64, f64) {
 /// Sequential `O_DSYNC` writes of `block` bytes, one in flight, `n` of them, into blocks
 /// written once before (as warmed segments are): MB/s.
 pub async fn raw_dsync_write(path: PathBuf, block: usize, n: usize) -> f64 {
-    let _ = std::fs::remove_file(&path);
     let total = (block * n) as u64;
-    let f = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .dma_open(&path)
-        .await
-        .expect("open");
-    f.pre_allocate(total, false).await.expect("fallocate");
+    let f = fresh_file(&path, total).await;
     let mut pos = 0;
     while pos < total {
         let len = (total - pos).min(1 << 20) as usize;
