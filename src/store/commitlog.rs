@@ -1137,9 +1137,9 @@ impl CommitLog {
     /// into the next segment (another file) do not. So while records go into one segment, the
     /// next is zeroed, paced to stay `warm_ahead_bytes` ahead of the tail's offset in its own
     /// segment: zero writes then come a chunk at a time, between rounds, not as a burst that
-    /// rounds would queue behind. A segment holding the tail that was not zeroed (a store
-    /// written by an older version) is zeroed first, at once; a new store's first segment is
-    /// zeroed while the store opens ([`CommitLog::wait_warmed`]).
+    /// rounds would queue behind. A new store's first segment is zeroed whole, while the
+    /// store opens ([`CommitLog::wait_warmed`]); after a restart the rest of the tail's
+    /// segment is taken as zeroed (see `reset_tail`).
     pub async fn run_warmer(self: Rc<Self>) {
         // Writes through a handle without O_DSYNC (an O_DSYNC write would flush the device
         // cache for zeros); one fdatasync at each segment's end commits their conversions.
