@@ -359,11 +359,10 @@ fn main() {
         md.push('\n');
     };
     say(format!(
-        "# Store benchmark\n\ncommand: `cargo bench --bench store_bench -- --secs {} --reps {}{}`, \
-         dir `{}`, {cores} core(s)\n",
-        opts.secs,
-        opts.reps,
-        if opts.quick { " --quick" } else { "" },
+        "# Store benchmark\n\ncommand: `cargo bench --bench store_bench -- {}`, dir `{}`, \
+         {cores} core(s)\n",
+        // As given, so a partial run (--filter, --no-extras) says so.
+        std::env::args().skip(1).collect::<Vec<_>>().join(" "),
         base.display()
     ));
     let raw = raw_limits(&base, opts.reps);
