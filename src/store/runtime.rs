@@ -237,11 +237,6 @@ impl Store {
                     }
                     LOCAL.with(|l| *l.borrow_mut() = Some((table, shard.clone())));
                     serve(shard, rx).await;
-                    // A file dropped (the shard's, now) is closed by an operation queued for
-                    // the executor's next poll of its rings: give it that poll, or the
-                    // descriptors of a closed store, and the space of its deleted files,
-                    // stay held until the process exits.
-                    glommio::timer::sleep(std::time::Duration::from_millis(1)).await;
                 })
                 .map_err(|e| StoreError::Config(format!("starting shard {i}: {e}")))?;
             threads.push(std::thread::spawn(move || {

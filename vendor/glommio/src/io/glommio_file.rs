@@ -59,6 +59,9 @@ This is likely file, but in extreme situations can lead to resource exhaustion. 
             );
             if let Some(r) = self.reactor.upgrade() {
                 r.sys.async_close(file);
+            } else {
+                // CoreMQ patch 7: no reactor left to close it (its executor stopped).
+                let _ = nix::unistd::close(file);
             }
         }
     }

@@ -2102,7 +2102,18 @@ fn queue_request_into_ring(
 }
 
 impl Drop for Reactor {
-    fn drop(&mut self) {}
+    /// CoreMQ patch 7: a dropped file is closed by a `Close` queued for the rings' next poll
+    /// (`async_close`); an executor that stops first never submits it, and the descriptor,
+    /// with the space of a file deleted since, stays held until the process exits. Those
+    /// closes happen here instead.
+    fn drop(&mut self) {
+        let q = self.main_ring.borrow_mut().submission_queue();
+        for d in q.borrow_mut().submissions.drain(..) {
+            if matches!(d.args, UringOpDescriptor::Close) {
+                let _ = nix::unistd::close(d.fd);
+            }
+        }
+    }
 }
 
 #[cfg(test)]
