@@ -47,6 +47,9 @@ pub struct Raw {
     /// Sequential `O_DSYNC` writes, one in flight, into written blocks: (block bytes, MB/s).
     /// One durable write per round is what a SYNC_FLUSH group commit does.
     pub durable: Vec<(usize, f64)>,
+    /// The same stream into a new store's blocks: per block size, MB/s into fresh blocks and
+    /// into written ones while zeroing as many (the two ways a new segment can be filled).
+    pub durable_new: Vec<(usize, f64, f64)>,
 }
 
 /// A new file at `path` (an old one removed), preallocated to `size` bytes.
@@ -126,20 +129,40 @@ pub async fn raw_fsync(path: PathBuf, n: usize) -> (f64, f64) {
     )
 }
 
+/// What the blocks of a durable write stream held before it.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Blocks {
+    /// Written once before: a warmed segment (or a reused one).
+    Written,
+    /// Preallocated and never written: each write also converts its extent, whose metadata
+    /// the write's sync carries (a new segment without warming).
+    Fresh,
+    /// Written once before, while as many zeros go into another fresh file through a handle
+    /// without `O_DSYNC`, one block with each durable write: a new store's price, as its
+    /// warmer zeroes the next segment at the pace of the data.
+    WrittenWhileZeroing,
+}
+
+impl Blocks {
+    pub const ALL: [Blocks; 3] = [Blocks::Written, Blocks::Fresh, Blocks::WrittenWhileZeroing];
+}
+
 /// Sequential `O_DSYNC` writes of `block` bytes, one in flight, `n` of them, into blocks
-/// written once before (as warmed segments are): MB/s.
-pub async fn raw_dsync_write(path: PathBuf, block: usize, n: usize) -> f64 {
+/// prepared as `blocks` says: MB/s.
+pub async fn raw_dsync_write(path: PathBuf, block: usize, n: usize, blocks: Blocks) -> f64 {
     let total = (block * n) as u64;
     let f = fresh_file(&path, total).await;
-    let mut pos = 0;
-    while pos < total {
-        let len = (total - pos).min(1 << 20) as usize;
-        let mut z = f.alloc_dma_buffer(len);
-        z.as_bytes_mut().fill(0);
-        f.write_at(z, pos).await.expect("write");
-        pos += len as u64;
+    if blocks != Blocks::Fresh {
+        let mut pos = 0;
+        while pos < total {
+            let len = (total - pos).min(1 << 20) as usize;
+            let mut z = f.alloc_dma_buffer(len);
+            z.as_bytes_mut().fill(0);
+            f.write_at(z, pos).await.expect("write");
+            pos += len as u64;
+        }
+        f.fdatasync().await.expect("fdatasync");
     }
-    f.fdatasync().await.expect("fdatasync");
     f.close().await.expect("close");
     let f = OpenOptions::new()
         .write(true)
@@ -147,14 +170,36 @@ pub async fn raw_dsync_write(path: PathBuf, block: usize, n: usize) -> f64 {
         .dma_open(&path)
         .await
         .expect("open O_DSYNC");
+    let zeroing = match blocks {
+        Blocks::WrittenWhileZeroing => Some(fresh_file(&path.with_extension("zeros"), total).await),
+        _ => None,
+    };
     let start = Instant::now();
     for i in 0..n {
+        let at = (i * block) as u64;
         let mut b = f.alloc_dma_buffer(block);
         b.as_bytes_mut().fill(2);
-        f.write_at(b, (i * block) as u64).await.expect("write");
+        match &zeroing {
+            // In flight together, as the warmer's chunk and a flush round are.
+            Some(z) => {
+                let mut zb = z.alloc_dma_buffer(block);
+                zb.as_bytes_mut().fill(0);
+                let (d, zr) =
+                    futures_lite::future::zip(f.write_at(b, at), z.write_at(zb, at)).await;
+                d.expect("write");
+                zr.expect("write zeros");
+            }
+            None => {
+                f.write_at(b, at).await.expect("write");
+            }
+        }
     }
     let mbps = total as f64 / start.elapsed().as_secs_f64() / 1e6;
     f.close().await.expect("close");
+    if let Some(z) = zeroing {
+        z.close().await.expect("close");
+        let _ = std::fs::remove_file(path.with_extension("zeros"));
+    }
     let _ = std::fs::remove_file(&path);
     mbps
 }
@@ -165,7 +210,8 @@ pub fn raw_limits(dir: &Path, reps: usize) -> Raw {
     let mut r = Vec::new();
     let mut p50 = Vec::new();
     let mut p99 = Vec::new();
-    let mut d: Vec<Vec<f64>> = vec![Vec::new(); DURABLE_BLOCKS.len()];
+    // Per block size, per kind of blocks (`Blocks::ALL`).
+    let mut d: Vec<Vec<Vec<f64>>> = vec![vec![Vec::new(); Blocks::ALL.len()]; DURABLE_BLOCKS.len()];
     for _ in 0..reps {
         let path = dir.join("raw.dat");
         let probe = dir.join("probe.dat");
@@ -182,15 +228,22 @@ pub fn raw_limits(dir: &Path, reps: usize) -> Raw {
                 let mut ds = Vec::new();
                 for block in DURABLE_BLOCKS {
                     let n = (64 << 20) / block;
-                    ds.push(raw_dsync_write(path.with_extension("dsync"), block, n).await);
+                    let mut kinds = Vec::new();
+                    for blocks in Blocks::ALL {
+                        let p = path.with_extension("dsync");
+                        kinds.push(raw_dsync_write(p, block, n, blocks).await);
+                    }
+                    ds.push(kinds);
                 }
                 (wm, rm, fs, ds)
             })
         });
         w.push(wm);
         r.push(rm);
-        for (k, v) in ds.into_iter().enumerate() {
-            d[k].push(v);
+        for (k, kinds) in ds.into_iter().enumerate() {
+            for (j, v) in kinds.into_iter().enumerate() {
+                d[k][j].push(v);
+            }
         }
         p50.push(a);
         p99.push(b);
@@ -202,7 +255,12 @@ pub fn raw_limits(dir: &Path, reps: usize) -> Raw {
         fsync_p99_us: median(p99),
         durable: DURABLE_BLOCKS
             .into_iter()
-            .zip(d.into_iter().map(median))
+            .zip(d.iter().map(|k| median(k[0].clone())))
+            .collect(),
+        durable_new: DURABLE_BLOCKS
+            .into_iter()
+            .zip(d)
+            .map(|(b, k)| (b, median(k[1].clone()), median(k[2].clone())))
             .collect(),
     }
 }
