@@ -434,6 +434,9 @@ impl ShardStore {
             .detach();
         };
         spawn(Box::pin(self.log.clone().run_flusher()));
+        if self.cfg.flush_disk_type == FlushDiskType::SyncFlush {
+            spawn(Box::pin(self.log.clone().run_flush_watchdog()));
+        }
         if self.cfg.warms_segments() {
             spawn(Box::pin(self.log.clone().run_warmer()));
         }
