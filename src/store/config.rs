@@ -134,7 +134,9 @@ pub struct StoreConfig {
     /// at least this often. Until then the checkpoint's consume-queue position stays at the
     /// oldest unsynced entry (recovery after a crash re-dispatches from there).
     pub flush_cq_thorough_interval_ms: u64,
-    /// `syncFlushTimeout` in ms.
+    /// `syncFlushTimeout` in ms: a SYNC_FLUSH send not durable by then is answered
+    /// `FLUSH_DISK_TIMEOUT` (the message stays stored). Checked by a watchdog ticking four
+    /// times per timeout, so the answer comes between 1 and 1.25 timeouts.
     pub sync_flush_timeout_ms: u64,
     /// Unflushed bytes that trigger a DMA write in ASYNC_FLUSH (no sooner than
     /// `commit_interval_ms` after the last). The default, 1, writes whatever there is:
