@@ -44,12 +44,19 @@ pub struct Raw {
     pub read_mbps: f64,
     pub fsync_p50_us: f64,
     pub fsync_p99_us: f64,
-    /// Sequential `O_DSYNC` writes, one in flight, into written blocks: (block bytes, MB/s).
+    /// Sequential `O_DSYNC` writes, one in flight, into written blocks: (block bytes, stream).
     /// One durable write per round is what a SYNC_FLUSH group commit does.
-    pub durable: Vec<(usize, f64)>,
-    /// The same stream into a new store's blocks: per block size, MB/s into fresh blocks and
-    /// into written ones while zeroing as many (the two ways a new segment can be filled).
-    pub durable_new: Vec<(usize, f64, f64)>,
+    pub durable: Vec<(usize, Stream)>,
+    /// The same stream into a new store's blocks: per block size, into fresh blocks and into
+    /// written ones while zeroing as many (the two ways a new segment can be filled).
+    pub durable_new: Vec<(usize, Stream, Stream)>,
+}
+
+/// A durable write stream: MB/s and the p99 of one write (medians over repeats).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Stream {
+    pub mbps: f64,
+    pub p99_us: f64,
 }
 
 /// A new file at `path` (an old one removed), preallocated to `size` bytes.
@@ -148,8 +155,8 @@ impl Blocks {
 }
 
 /// Sequential `O_DSYNC` writes of `block` bytes, one in flight, `n` of them, into blocks
-/// prepared as `blocks` says: MB/s.
-pub async fn raw_dsync_write(path: PathBuf, block: usize, n: usize, blocks: Blocks) -> f64 {
+/// prepared as `blocks` says.
+pub async fn raw_dsync_write(path: PathBuf, block: usize, n: usize, blocks: Blocks) -> Stream {
     let total = (block * n) as u64;
     let f = fresh_file(&path, total).await;
     if blocks != Blocks::Fresh {
@@ -174,8 +181,10 @@ pub async fn raw_dsync_write(path: PathBuf, block: usize, n: usize, blocks: Bloc
         Blocks::WrittenWhileZeroing => Some(fresh_file(&path.with_extension("zeros"), total).await),
         _ => None,
     };
+    let mut h = new_hist();
     let start = Instant::now();
     for i in 0..n {
+        let t = Instant::now();
         let at = (i * block) as u64;
         let mut b = f.alloc_dma_buffer(block);
         b.as_bytes_mut().fill(2);
@@ -193,6 +202,7 @@ pub async fn raw_dsync_write(path: PathBuf, block: usize, n: usize, blocks: Bloc
                 f.write_at(b, at).await.expect("write");
             }
         }
+        h.record(t.elapsed().as_nanos() as u64).ok();
     }
     let mbps = total as f64 / start.elapsed().as_secs_f64() / 1e6;
     f.close().await.expect("close");
@@ -201,7 +211,17 @@ pub async fn raw_dsync_write(path: PathBuf, block: usize, n: usize, blocks: Bloc
         let _ = std::fs::remove_file(path.with_extension("zeros"));
     }
     let _ = std::fs::remove_file(&path);
-    mbps
+    Stream {
+        mbps,
+        p99_us: h.value_at_quantile(0.99) as f64 / 1e3,
+    }
+}
+
+fn median_stream(v: &[Stream]) -> Stream {
+    Stream {
+        mbps: median(v.iter().map(|s| s.mbps).collect()),
+        p99_us: median(v.iter().map(|s| s.p99_us).collect()),
+    }
 }
 
 pub fn raw_limits(dir: &Path, reps: usize) -> Raw {
@@ -211,7 +231,8 @@ pub fn raw_limits(dir: &Path, reps: usize) -> Raw {
     let mut p50 = Vec::new();
     let mut p99 = Vec::new();
     // Per block size, per kind of blocks (`Blocks::ALL`).
-    let mut d: Vec<Vec<Vec<f64>>> = vec![vec![Vec::new(); Blocks::ALL.len()]; DURABLE_BLOCKS.len()];
+    let mut d: Vec<Vec<Vec<Stream>>> =
+        vec![vec![Vec::new(); Blocks::ALL.len()]; DURABLE_BLOCKS.len()];
     for _ in 0..reps {
         let path = dir.join("raw.dat");
         let probe = dir.join("probe.dat");
@@ -255,12 +276,12 @@ pub fn raw_limits(dir: &Path, reps: usize) -> Raw {
         fsync_p99_us: median(p99),
         durable: DURABLE_BLOCKS
             .into_iter()
-            .zip(d.iter().map(|k| median(k[0].clone())))
+            .zip(d.iter().map(|k| median_stream(&k[0])))
             .collect(),
         durable_new: DURABLE_BLOCKS
             .into_iter()
             .zip(d)
-            .map(|(b, k)| (b, median(k[1].clone()), median(k[2].clone())))
+            .map(|(b, k)| (b, median_stream(&k[1]), median_stream(&k[2])))
             .collect(),
     }
 }
