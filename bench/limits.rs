@@ -157,7 +157,47 @@ impl Blocks {
 /// Sequential `O_DSYNC` writes of `block` bytes, one in flight, `n` of them, into blocks
 /// prepared as `blocks` says.
 pub async fn raw_dsync_write(path: PathBuf, block: usize, n: usize, blocks: Blocks) -> Stream {
-    let total = (block * n) as u64;
+    raw_dsync_streams(path, block, n, blocks, 1).await
+}
+
+/// `streams` of [`raw_dsync_write`] at once, each into files of its own (a shard each):
+/// their MB/s together, and the p99 of one write.
+pub async fn raw_dsync_streams(
+    path: PathBuf,
+    block: usize,
+    n: usize,
+    blocks: Blocks,
+    streams: usize,
+) -> Stream {
+    let mut prepared = Vec::new();
+    for i in 0..streams {
+        let p = path.with_extension(format!("dsync{i}"));
+        prepared.push(prepare_stream(p, (block * n) as u64, blocks).await);
+    }
+    let start = Instant::now();
+    let tasks: Vec<_> = prepared
+        .into_iter()
+        .map(|(f, zeroing)| glommio::spawn_local(dsync_stream(f, zeroing, block, n)))
+        .collect();
+    let mut h = new_hist();
+    for t in tasks {
+        h.add(t.await).ok();
+    }
+    let mbps = (block * n * streams) as f64 / start.elapsed().as_secs_f64() / 1e6;
+    for i in 0..streams {
+        let p = path.with_extension(format!("dsync{i}"));
+        let _ = std::fs::remove_file(p.with_extension("zeros"));
+        let _ = std::fs::remove_file(&p);
+    }
+    Stream {
+        mbps,
+        p99_us: h.value_at_quantile(0.99) as f64 / 1e3,
+    }
+}
+
+/// A file of `total` bytes at `path`, prepared as `blocks` says and opened `O_DSYNC`, and for
+/// [`Blocks::WrittenWhileZeroing`] a fresh file beside it for the zeros.
+async fn prepare_stream(path: PathBuf, total: u64, blocks: Blocks) -> (DmaFile, Option<DmaFile>) {
     let f = fresh_file(&path, total).await;
     if blocks != Blocks::Fresh {
         let mut pos = 0;
@@ -181,8 +221,18 @@ pub async fn raw_dsync_write(path: PathBuf, block: usize, n: usize, blocks: Bloc
         Blocks::WrittenWhileZeroing => Some(fresh_file(&path.with_extension("zeros"), total).await),
         _ => None,
     };
+    (f, zeroing)
+}
+
+/// `n` durable writes of `block` bytes, one in flight, each with as many zeros into `zeroing`
+/// if given; the latency of each.
+async fn dsync_stream(
+    f: DmaFile,
+    zeroing: Option<DmaFile>,
+    block: usize,
+    n: usize,
+) -> Histogram<u64> {
     let mut h = new_hist();
-    let start = Instant::now();
     for i in 0..n {
         let t = Instant::now();
         let at = (i * block) as u64;
@@ -204,17 +254,48 @@ pub async fn raw_dsync_write(path: PathBuf, block: usize, n: usize, blocks: Bloc
         }
         h.record(t.elapsed().as_nanos() as u64).ok();
     }
-    let mbps = total as f64 / start.elapsed().as_secs_f64() / 1e6;
     f.close().await.expect("close");
     if let Some(z) = zeroing {
         z.close().await.expect("close");
-        let _ = std::fs::remove_file(path.with_extension("zeros"));
     }
-    let _ = std::fs::remove_file(&path);
-    Stream {
-        mbps,
-        p99_us: h.value_at_quantile(0.99) as f64 / 1e3,
+    h
+}
+
+/// The durable write streams of a new store with `streams` shards writing at once (see
+/// [`Raw::durable_new`]): per block size, into fresh blocks and into written ones while
+/// zeroing as many, median of `reps`.
+pub fn new_store_streams(dir: &Path, reps: usize, streams: usize) -> Vec<(usize, Stream, Stream)> {
+    let mut d: Vec<[Vec<Stream>; 2]> = vec![[Vec::new(), Vec::new()]; DURABLE_BLOCKS.len()];
+    for _ in 0..reps {
+        let path = dir.join("streams.dat");
+        let probe = dir.join("probe.dat");
+        let got = on_executor(move || {
+            Box::pin(async move {
+                coremq::store::dma::prime_iopoll_probe(&probe)
+                    .await
+                    .expect("probe");
+                let mut got = Vec::new();
+                for block in DURABLE_BLOCKS {
+                    let n = (64 << 20) / block;
+                    let mut two = Vec::new();
+                    for blocks in [Blocks::Fresh, Blocks::WrittenWhileZeroing] {
+                        two.push(raw_dsync_streams(path.clone(), block, n, blocks, streams).await);
+                    }
+                    got.push(two);
+                }
+                got
+            })
+        });
+        for (k, two) in got.into_iter().enumerate() {
+            d[k][0].push(two[0]);
+            d[k][1].push(two[1]);
+        }
     }
+    DURABLE_BLOCKS
+        .into_iter()
+        .zip(d)
+        .map(|(b, [fresh, zeroing])| (b, median_stream(&fresh), median_stream(&zeroing)))
+        .collect()
 }
 
 fn median_stream(v: &[Stream]) -> Stream {

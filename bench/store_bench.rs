@@ -378,6 +378,8 @@ fn main() {
         base.display()
     ));
     let raw = raw_limits(&base, opts.reps);
+    // A new store's streams with every shard writing at once, for the all-shards rows.
+    let new_all = (cores > 1).then(|| new_store_streams(&base, opts.reps, cores));
     say(format!(
         "## Raw limits (median of {})\n\n| O_DIRECT seq write 1 MiB QD4 | O_DIRECT seq read 1 MiB QD1 \
          | fdatasync after 4 KiB write p50 | p99 |{}\n|---|---|---|---|{}\n| {:.0} MB/s | {:.0} MB/s | \
@@ -482,7 +484,11 @@ fn main() {
         .filter_map(|(size, shards, ratio, lat)| {
             let round = 64 * size;
             let (_, written) = raw.durable.iter().find(|(b, _)| *b == round)?;
-            let (_, fresh, zeroing) = raw.durable_new.iter().find(|(b, ..)| *b == round)?;
+            let new_store = match (&new_all, *shards > 1) {
+                (Some(all), true) => all,
+                _ => &raw.durable_new,
+            };
+            let (_, fresh, zeroing) = new_store.iter().find(|(b, ..)| *b == round)?;
             // The better way to fill a new segment.
             let new = if fresh.mbps >= zeroing.mbps {
                 fresh
@@ -513,12 +519,13 @@ fn main() {
         say(format!(
             "\n## SYNC_FLUSH, 64 appenders, against one durable write stream\n\n\
              A round commits at most the 64 records waiting, so a shard's best is back-to-back \
-             `O_DSYNC` writes of 64 records, one in flight (two shards: two such streams). Into \
-             written blocks (a warmed segment) that is the first figure. A new store's blocks \
+             `O_DSYNC` writes of 64 records, one in flight. Into written blocks (a warmed \
+             segment) that is the first figure, for one stream. A new store's blocks \
              cost more: unwritten, each write's sync also carries its extent conversion; warmed, \
              as many zeros go to the disk as data. The second figure is the stream into fresh \
              blocks / into written ones while as many zeros go into another file, its \
-             percentage and p99 those of the better of the two. Percentages in brackets are of \
+             percentage and p99 those of the better of the two; for all shards, as many streams \
+             at once as shards, their MB/s together. Percentages in brackets are of \
              raw write; p99s (of one append, of one durable write) are in raw fdatasync p99s.\n\n\
              | record | shards | SYNC | round | into written blocks | into a new store's \
              blocks (fresh / zeroing alongside) | SYNC / written | SYNC / new store |\n\
