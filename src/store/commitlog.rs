@@ -836,7 +836,8 @@ impl CommitLog {
     /// Waits until everything below `end` is durable (SYNC_FLUSH acknowledgement), for
     /// `syncFlushTimeout` to 1.25 × that, counted in the watchdog's ticks: a timer for each
     /// waiter put a timer-tree insert and remove into every SYNC_FLUSH append (~1.5 % of a
-    /// shard's CPU at 64 appenders).
+    /// shard's CPU at 64 appenders). Without [`CommitLog::run_flush_watchdog`] running (a
+    /// SYNC_FLUSH shard runs it) a wait never times out.
     pub async fn wait_durable(&self, end: u64) -> Result<()> {
         let start = self.st.borrow().ticks;
         // Over WATCHDOG_TICKS whole tick periods have passed once the count moved by one more.
