@@ -47,9 +47,6 @@ pub struct Raw {
     /// Sequential `O_DSYNC` writes, one in flight, into written blocks: (block bytes, stream).
     /// One durable write per round is what a SYNC_FLUSH group commit does.
     pub durable: Vec<(usize, Stream)>,
-    /// The same stream into a new store's blocks: per block size, into fresh blocks and into
-    /// written ones while zeroing as many (the two ways a new segment can be filled).
-    pub durable_new: Vec<(usize, Stream, Stream)>,
 }
 
 /// A durable write stream: MB/s and the p99 of one write (medians over repeats).
@@ -148,10 +145,6 @@ pub enum Blocks {
     /// without `O_DSYNC`, one block with each durable write: a new store's price, as its
     /// warmer zeroes the next segment at the pace of the data.
     WrittenWhileZeroing,
-}
-
-impl Blocks {
-    pub const ALL: [Blocks; 3] = [Blocks::Written, Blocks::Fresh, Blocks::WrittenWhileZeroing];
 }
 
 /// Sequential `O_DSYNC` writes of `block` bytes, one in flight, `n` of them, into blocks
@@ -261,9 +254,9 @@ async fn dsync_stream(
     h
 }
 
-/// The durable write streams of a new store with `streams` shards writing at once (see
-/// [`Raw::durable_new`]): per block size, into fresh blocks and into written ones while
-/// zeroing as many, median of `reps`.
+/// The durable write streams of a new store with `streams` shards writing at once: per block
+/// size of [`DURABLE_BLOCKS`], into fresh blocks and into written ones while zeroing as many
+/// (the two ways a new segment can be filled), median of `reps`.
 pub fn new_store_streams(dir: &Path, reps: usize, streams: usize) -> Vec<(usize, Stream, Stream)> {
     let mut d: Vec<[Vec<Stream>; 2]> = vec![[Vec::new(), Vec::new()]; DURABLE_BLOCKS.len()];
     for _ in 0..reps {
@@ -311,9 +304,7 @@ pub fn raw_limits(dir: &Path, reps: usize) -> Raw {
     let mut r = Vec::new();
     let mut p50 = Vec::new();
     let mut p99 = Vec::new();
-    // Per block size, per kind of blocks (`Blocks::ALL`).
-    let mut d: Vec<Vec<Vec<Stream>>> =
-        vec![vec![Vec::new(); Blocks::ALL.len()]; DURABLE_BLOCKS.len()];
+    let mut d: Vec<Vec<Stream>> = vec![Vec::new(); DURABLE_BLOCKS.len()];
     for _ in 0..reps {
         let path = dir.join("raw.dat");
         let probe = dir.join("probe.dat");
@@ -330,22 +321,16 @@ pub fn raw_limits(dir: &Path, reps: usize) -> Raw {
                 let mut ds = Vec::new();
                 for block in DURABLE_BLOCKS {
                     let n = (64 << 20) / block;
-                    let mut kinds = Vec::new();
-                    for blocks in Blocks::ALL {
-                        let p = path.with_extension("dsync");
-                        kinds.push(raw_dsync_write(p, block, n, blocks).await);
-                    }
-                    ds.push(kinds);
+                    let p = path.with_extension("dsync");
+                    ds.push(raw_dsync_write(p, block, n, Blocks::Written).await);
                 }
                 (wm, rm, fs, ds)
             })
         });
         w.push(wm);
         r.push(rm);
-        for (k, kinds) in ds.into_iter().enumerate() {
-            for (j, v) in kinds.into_iter().enumerate() {
-                d[k][j].push(v);
-            }
+        for (k, v) in ds.into_iter().enumerate() {
+            d[k].push(v);
         }
         p50.push(a);
         p99.push(b);
@@ -357,12 +342,7 @@ pub fn raw_limits(dir: &Path, reps: usize) -> Raw {
         fsync_p99_us: median(p99),
         durable: DURABLE_BLOCKS
             .into_iter()
-            .zip(d.iter().map(|k| median_stream(&k[0])))
-            .collect(),
-        durable_new: DURABLE_BLOCKS
-            .into_iter()
-            .zip(d)
-            .map(|(b, k)| (b, median_stream(&k[1]), median_stream(&k[2])))
+            .zip(d.iter().map(|k| median_stream(k)))
             .collect(),
     }
 }

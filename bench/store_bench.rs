@@ -378,7 +378,8 @@ fn main() {
         base.display()
     ));
     let raw = raw_limits(&base, opts.reps);
-    // A new store's streams with every shard writing at once, for the all-shards rows.
+    // A new store's streams, one shard's and every shard's at once (the all-shards rows).
+    let new_one = new_store_streams(&base, opts.reps, 1);
     let new_all = (cores > 1).then(|| new_store_streams(&base, opts.reps, cores));
     say(format!(
         "## Raw limits (median of {})\n\n| O_DIRECT seq write 1 MiB QD4 | O_DIRECT seq read 1 MiB QD1 \
@@ -486,7 +487,7 @@ fn main() {
             let (_, written) = raw.durable.iter().find(|(b, _)| *b == round)?;
             let new_store = match (&new_all, *shards > 1) {
                 (Some(all), true) => all,
-                _ => &raw.durable_new,
+                _ => &new_one,
             };
             let (_, fresh, zeroing) = new_store.iter().find(|(b, ..)| *b == round)?;
             // The better way to fill a new segment.
