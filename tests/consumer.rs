@@ -323,7 +323,9 @@ fn queues_added_to_a_topic_are_picked_up_by_rebalance() {
 }
 
 /// A slow listener: pulling stops at the cached-message threshold, resumes as it drains,
-/// and every message still arrives.
+/// and every message still arrives. The listener takes 10 ms a message so that the producer
+/// outpaces it even on a loaded machine (at 2 ms, sends slowed by a concurrent disk benchmark
+/// never built a backlog, and flow control had nothing to do).
 #[test]
 fn flow_control_bounds_the_cache_of_a_slow_consumer() {
     let (_d, _ns, _b, _, _, ns) = setup("SL", 1);
@@ -337,7 +339,7 @@ fn flow_control_bounds_the_cache_of_a_slow_consumer() {
         ..quick()
     };
     let c = PushConsumer::start_with("SG", Some(&ns), opts, &[("SL", "*")], move |m, _| {
-        std::thread::sleep(Duration::from_millis(2));
+        std::thread::sleep(Duration::from_millis(10));
         s.record(1, m);
         ConsumeResult::Success
     })
