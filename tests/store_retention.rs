@@ -68,7 +68,9 @@ fn expired_segments_and_their_queue_and_index_files_go() {
     let stats = block(store.stats()).unwrap()[0];
     assert!(rep.segments >= 4, "{rep:?}");
     assert!(rep.queue_files > 0 && rep.index_files > 0, "{rep:?}");
-    assert_eq!(count_files(&seg_dir), segs0 - rep.segments);
+    // One of them kept as the spare for the next new segment (`reuse_segments`).
+    assert!(seg_dir.join(coremq::store::commitlog::SPARE).exists());
+    assert_eq!(count_files(&seg_dir), segs0 - rep.segments + 1);
     assert_eq!(count_files(&cq_dir), cqs0 - rep.queue_files);
     assert_eq!(count_files(&ix_dir), ixs0 - rep.index_files);
     // The active segment stays, with the newest messages.
@@ -130,5 +132,95 @@ fn periodic_pass_runs_at_the_delete_when_hour() {
     }
     // Appends go on meanwhile.
     fill(&store, 10);
+    store.shutdown().unwrap();
+}
+
+/// With `reuse_segments`, retention keeps one expired segment as the spare, a later new
+/// segment takes it (the same file, so its blocks are written already), every record stays
+/// intact, and recovery after a crash stops at the tail, not at the older records the reused
+/// file still holds past it.
+#[test]
+fn an_expired_segment_is_reused_and_recovery_stops_at_its_tail() {
+    use std::os::unix::fs::MetadataExt;
+    let dir = tempfile::tempdir().unwrap();
+    let (cfg, skew) = clocked(dir.path());
+    let store = Store::open(cfg.clone()).unwrap();
+    fill(&store, 2000); // 5 segments of 256 KiB
+    let seg_dir = dir.path().join("commitlog/0");
+    let spare = seg_dir.join(coremq::store::commitlog::SPARE);
+    skew.store(50 * HOUR, Ordering::Relaxed);
+    let rep = block(store.run_retention()).unwrap();
+    assert!(rep.segments >= 4, "{rep:?}");
+    assert!(spare.exists(), "an expired segment is kept as the spare");
+    let spare_ino = std::fs::metadata(&spare).unwrap().ino();
+    let numbered = || {
+        std::fs::read_dir(&seg_dir)
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .filter(|e| {
+                coremq::store::offset::parse_file_name(&e.file_name().to_string_lossy()).is_some()
+            })
+            .map(|e| e.metadata().unwrap().ino())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        numbered().len(),
+        5 - rep.segments + 1,
+        "the active and the next one"
+    );
+
+    // Appends until the tail is halfway into the segment made from the spare (the one after
+    // the next, which was created ahead), so older records follow the tail in its file.
+    let reused_base = || {
+        std::fs::read_dir(&seg_dir)
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .find(|e| e.metadata().unwrap().ino() == spare_ino)
+            .and_then(|e| coremq::store::offset::parse_file_name(&e.file_name().to_string_lossy()))
+    };
+    let mut n = 2000u64;
+    loop {
+        let m = msg(
+            "T",
+            0,
+            &pattern_body(0, n, 500),
+            "A",
+            &format!("key{n}"),
+            &format!("U{n}"),
+        );
+        block(store.put(vec![m])).unwrap();
+        n += 1;
+        let written = block(store.stats()).unwrap()[0].written;
+        if reused_base().is_some_and(|b| written > b + cfg.segment_size / 2) {
+            break;
+        }
+        assert!(n < 5000, "no new segment took the spare");
+    }
+    assert!(!spare.exists(), "the spare was taken");
+    let check = |store: &Store| {
+        let (min, max) = block(store.queue_range("T", 0)).unwrap();
+        assert_eq!(max, n);
+        let mut off = min;
+        while off < max {
+            let r = block(store.get_messages("T", 0, off, 32, None)).unwrap();
+            assert_eq!(r.status, GetStatus::Found, "at {off}");
+            for (m, qo) in r.messages.iter().zip(&r.queue_offsets) {
+                let rec = coremq::message::MessageRecord::decode(m).unwrap();
+                assert_eq!(rec.body, pattern_body(0, *qo, 500));
+            }
+            off = r.next_begin_offset;
+        }
+        let v = block(store.verify()).unwrap();
+        assert!(v.problems.is_empty(), "{:#?}", v.problems);
+    };
+    check(&store);
+    let written = block(store.stats()).unwrap()[0].written;
+    store.shutdown().unwrap();
+
+    // As if the process died: recovery scans the reused segment and stops at its tail.
+    std::fs::write(dir.path().join("abort"), b"").unwrap();
+    let store = Store::open(cfg).unwrap();
+    assert_eq!(block(store.stats()).unwrap()[0].written, written);
+    check(&store);
     store.shutdown().unwrap();
 }

@@ -42,7 +42,13 @@ pub struct Segment {
     pub base: u64,
     pub file: Rc<DmaFile>,
     pub path: PathBuf,
+    /// Made from an expired segment (`reuse_segments`): every block is written already, with
+    /// older records past whatever this one's hold.
+    pub reused: bool,
 }
+
+/// File name of a shard's spare segment: an expired one kept for the next new segment.
+pub const SPARE: &str = "spare";
 
 /// Recently written bytes, as runs of whole records keyed by their position.
 #[derive(Default)]
@@ -232,6 +238,8 @@ pub struct CommitLog {
     bytes_flushed: Cell<u64>,
     /// Where the log starts when no segment exists yet (segments are created by the flusher).
     empty_start: Cell<u64>,
+    /// The shard's spare segment ([`SPARE`]) is there for the next new segment to take.
+    spare: Cell<bool>,
 }
 
 /// Result of opening (and possibly recovering) a commitlog.
@@ -278,17 +286,36 @@ pub async fn create_dir_all(dir: &Path) -> Result<()> {
     blocking(move || std::fs::create_dir_all(&d).map_err(io_err("creating directory", &d))).await
 }
 
-/// Opens (with `create`, creating and preallocating) the segment at `base`. With `dsync` the
-/// file is `O_DSYNC`: each write completes only once durable, so SYNC_FLUSH needs no separate
-/// `fdatasync` (one device round trip per flush round instead of two).
+/// Renames `from` to `to` and syncs their directory, so the new name is durable before
+/// anything is written under it.
+async fn rename_durably(from: PathBuf, to: PathBuf) -> Result<()> {
+    blocking(move || {
+        std::fs::rename(&from, &to).map_err(io_err("renaming", &from))?;
+        let dir = to.parent().unwrap_or(Path::new("."));
+        std::fs::File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io_err("syncing directory", dir))
+    })
+    .await
+}
+
+/// Opens (with `create`, creating and preallocating) the segment at `base`; with `reuse`, the
+/// shard's spare segment becomes it. With `dsync` the file is `O_DSYNC`: each write completes
+/// only once durable, so SYNC_FLUSH needs no separate `fdatasync` (one device round trip per
+/// flush round instead of two).
 async fn open_segment(
     dir: &Path,
     base: u64,
     size: u64,
     create: bool,
     dsync: bool,
+    reuse: bool,
 ) -> Result<Rc<Segment>> {
     let path = dir.join(file_name(base));
+    if reuse {
+        rename_durably(dir.join(SPARE), path.clone()).await?;
+        log::info!("reusing an expired segment as {}", path.display());
+    }
     let mut opts = OpenOptions::new();
     opts.read(true).write(true).create(create);
     if dsync {
@@ -314,6 +341,7 @@ async fn open_segment(
         base,
         file: Rc::new(file),
         path,
+        reused: reuse,
     }))
 }
 
@@ -398,7 +426,7 @@ impl CommitLog {
                     ),
                 });
             }
-            segments.push(open_segment(&dir, b, seg_size, false, dsync).await?);
+            segments.push(open_segment(&dir, b, seg_size, false, dsync, false).await?);
         }
         let log = Rc::new(CommitLog {
             shard,
@@ -433,7 +461,21 @@ impl CommitLog {
             ),
             bytes_flushed: Cell::new(0),
             empty_start: Cell::new(0),
+            spare: Cell::new(false),
         });
+        // A spare kept by an earlier run is used if it still fits the segment size.
+        let spare_path = log.dir.join(SPARE);
+        let reuse = cfg.reuse_segments;
+        let spare_ok = blocking(move || match std::fs::metadata(&spare_path) {
+            Ok(m) if reuse && m.len() == seg_size => true,
+            Ok(_) => {
+                let _ = std::fs::remove_file(&spare_path);
+                false
+            }
+            Err(_) => false,
+        })
+        .await;
+        log.spare.set(spare_ok);
         let (first, last_end) = {
             let segs = log.segments.borrow();
             (
@@ -520,8 +562,14 @@ impl CommitLog {
         let (end, records, bad) = self.scan(from, u64::MAX, visit).await?;
         if let Some((seg, reason)) = bad {
             if let Some(reason) = reason {
+                // A whole record of another position is what a reused segment holds past its
+                // tail (`reuse_segments`); said so, since the log cannot tell it from damage.
+                let hint = match reason.starts_with("PHYSICALOFFSET") {
+                    true => " (in a reused segment: its older records, past the tail)",
+                    false => "",
+                };
                 log::warn!(
-                    "shard {}: commitlog {} offset {}: invalid record ({reason}); \
+                    "shard {}: commitlog {} offset {}: invalid record ({reason}){hint}; \
                      truncating the log at position {end}",
                     self.shard,
                     seg.path.display(),
@@ -943,7 +991,10 @@ impl CommitLog {
         }
         let pending = self.next_segment.borrow_mut().take();
         let dsync = self.cfg.dsync_segments();
-        let open_here = || open_segment(&self.dir, base, self.seg_size, true, dsync);
+        let open_here = || {
+            let reuse = self.spare.replace(false);
+            open_segment(&self.dir, base, self.seg_size, true, dsync, reuse)
+        };
         let seg = match pending {
             Some(h) => match h.await {
                 Some(Ok(s)) if s.base == base => s,
@@ -962,9 +1013,11 @@ impl CommitLog {
         }
         let dir = self.dir.clone();
         let (next, size) = (base + self.seg_size, self.seg_size);
-        let h =
-            glommio::spawn_local(async move { open_segment(&dir, next, size, true, dsync).await })
-                .detach();
+        let reuse = self.spare.replace(false);
+        let h = glommio::spawn_local(async move {
+            open_segment(&dir, next, size, true, dsync, reuse).await
+        })
+        .detach();
         *self.next_segment.borrow_mut() = Some(h);
         Ok(seg)
     }
@@ -1212,6 +1265,10 @@ impl CommitLog {
             let seg_base = start / seg * seg;
             let result = async {
                 let s = self.segment_for_write(seg_base).await?;
+                if s.reused {
+                    // Written whole before: nothing to zero.
+                    return Ok(seg_base + seg);
+                }
                 if handle.as_ref().map(|h| h.0) != Some(seg_base) {
                     if let Some((_, old)) = handle.take() {
                         old.close().await.ok();
@@ -1245,14 +1302,14 @@ impl CommitLog {
                         .await
                         .map_err(io_err("syncing segment", &s.path))?;
                 }
-                Ok::<(), StoreError>(())
+                Ok::<u64, StoreError>(end)
             }
             .await;
             {
                 let mut st = self.st.borrow_mut();
                 st.zeroing = None;
                 match &result {
-                    Ok(()) => st.zeroed = end,
+                    Ok(upto) => st.zeroed = st.zeroed.max(*upto),
                     Err(_) => st.warming_failed = true,
                 }
             }
@@ -1307,6 +1364,35 @@ impl CommitLog {
             return None;
         }
         Some(segs.remove(0))
+    }
+
+    /// Keeps an expired segment, detached by [`CommitLog::detach_oldest`], as the shard's spare
+    /// for the next new segment (`reuse_segments`), if there is none yet and no reader holds
+    /// it. `false`: not kept, the caller deletes it.
+    pub async fn retire(&self, seg: Rc<Segment>) -> Result<bool> {
+        if !self.cfg.reuse_segments || self.spare.get() {
+            return Ok(false);
+        }
+        // A read in flight still holds it: its bytes must not change under the read.
+        let Ok(seg) = Rc::try_unwrap(seg) else {
+            return Ok(false);
+        };
+        let Ok(file) = Rc::try_unwrap(seg.file) else {
+            return Ok(false);
+        };
+        let size = file
+            .file_size()
+            .await
+            .map_err(io_err("sizing", &seg.path))?;
+        file.close().await.map_err(io_err("closing", &seg.path))?;
+        if size != self.seg_size {
+            return Ok(false);
+        }
+        // Offered only once renamed: a segment created meanwhile must not take a spare that
+        // is not there yet. (Retention, the only caller, retires one segment at a time.)
+        rename_durably(seg.path.clone(), self.dir.join(SPARE)).await?;
+        self.spare.set(true);
+        Ok(true)
     }
 
     /// Wakes every waiter (each re-checks its condition).

@@ -160,6 +160,10 @@ pub struct StoreConfig {
     /// store zeroes its first segment while it opens. `None` turns it on for `SYNC_FLUSH`,
     /// where every acknowledgement waits for a durable write.
     pub warm_segments: Option<bool>,
+    /// Retention keeps one expired segment per shard (renamed `spare`) and the next new
+    /// segment takes it: its blocks are written already, so records go in without zeros
+    /// written first or extent conversions (a new segment's price), and deletion is a rename.
+    pub reuse_segments: bool,
     /// When warming: how far the next segment's zeros stay ahead of the tail's offset in its
     /// own segment (the zeros keep pace with the appends, a little ahead).
     pub warm_ahead_bytes: u64,
@@ -232,6 +236,7 @@ impl StoreConfig {
             commit_interval_ms: 1,
             max_write_bytes: 1 << 20,
             warm_segments: None,
+            reuse_segments: true,
             warm_ahead_bytes: 4 << 20,
             max_unflushed_bytes: 64 << 20,
             tail_cache_bytes: 256 << 20,

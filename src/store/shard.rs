@@ -1197,10 +1197,10 @@ impl ShardStore {
         let reserved_ms = self.cfg.retention.file_reserved_hours() as i64 * 3_600_000;
         let pause = Duration::from_millis(self.cfg.delete_files_interval_ms);
         loop {
-            let Some(oldest) = self.log.segments().first().cloned() else {
+            // Only its path: a handle kept here would stop `retire` from reusing it.
+            let Some(path) = self.log.segments().first().map(|s| s.path.clone()) else {
                 break;
             };
-            let path = oldest.path.clone();
             let mtime = glommio::executor()
                 .spawn_blocking(move || {
                     std::fs::metadata(&path)
@@ -1217,17 +1217,26 @@ impl ShardStore {
             let Some(seg) = self.log.detach_oldest() else {
                 break;
             };
-            log::info!(
-                "shard {}: deleting expired segment {}",
-                self.id,
-                seg.path.display()
-            );
-            super::consume_queue::remove_file_gradually(
-                &seg.path,
-                DELETE_STEP_BYTES,
-                Duration::from_millis(DELETE_STEP_PAUSE_MS),
-            )
-            .await?;
+            let path = seg.path.clone();
+            if self.log.retire(seg).await? {
+                log::info!(
+                    "shard {}: expired segment {} kept as the spare for the next new one",
+                    self.id,
+                    path.display()
+                );
+            } else {
+                log::info!(
+                    "shard {}: deleting expired segment {}",
+                    self.id,
+                    path.display()
+                );
+                super::consume_queue::remove_file_gradually(
+                    &path,
+                    DELETE_STEP_BYTES,
+                    Duration::from_millis(DELETE_STEP_PAUSE_MS),
+                )
+                .await?;
+            }
             rep.segments += 1;
             glommio::timer::sleep(pause).await;
         }
