@@ -651,25 +651,34 @@ fn main() {
          quiet, {troubled:.0} µs while deleting {deleted} expired 64 MiB segment(s) ({:.2}×)\n",
         troubled / quiet.max(1.0)
     ));
+    // Each 64-appender SYNC_FLUSH row against both of the issue's targets.
+    let verdict = |rows: &[(usize, usize, f64, f64)]| {
+        rows.iter()
+            .map(|(s, sh, r, l)| {
+                let met = *r >= 0.5 && *l <= 3.0;
+                format!(
+                    "{s} B/{sh} shard(s): {:.0} %, {l:.2}× → {}",
+                    r * 100.0,
+                    if met { "met" } else { "not met" }
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("; ")
+    };
+    let steady: Vec<(usize, usize, f64, f64)> = steady_rows
+        .iter()
+        .map(|(s, sh, m, p)| (*s, *sh, m / raw.write_mbps, p / raw.fsync_p99_us))
+        .collect();
     say(format!(
         "## Targets\n\n- ASYNC_FLUSH append throughput ≥ 80 % of raw write: best {:.0} % → {}\n\
-         - SYNC_FLUSH with 64 appenders ≥ 50 % of raw write and p99 ≤ 3 × raw fdatasync p99: {}\n\
+         - SYNC_FLUSH with 64 appenders ≥ 50 % of raw write and p99 ≤ 3 × raw fdatasync p99, \
+         new store: {}\n\
+         - The same with retention at its limit (reused segments): {}\n\
          - Cold read ≥ 70 % of raw O_DIRECT read: {:.0} % → {}",
         async_best * 100.0,
         if async_best >= 0.8 { "met" } else { "not met" },
-        sync64
-            .iter()
-            .map(|(s, sh, r, l)| format!(
-                "{s} B/{sh} shard(s): {:.0} %, {l:.2}× → {}",
-                r * 100.0,
-                if *r >= 0.5 && *l <= 3.0 {
-                    "met"
-                } else {
-                    "not met"
-                }
-            ))
-            .collect::<Vec<_>>()
-            .join("; "),
+        verdict(&sync64),
+        verdict(&steady),
         cold / raw.read_mbps * 100.0,
         if cold / raw.read_mbps >= 0.7 {
             "met"
