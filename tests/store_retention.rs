@@ -24,17 +24,36 @@ fn count_files(dir: &std::path::Path) -> usize {
     std::fs::read_dir(dir).map(|d| d.count()).unwrap_or(0)
 }
 
+/// Message `i` of queue T/0, with its key and unique key.
+fn put_one(store: &Store, i: u64) {
+    let m = msg(
+        "T",
+        0,
+        &pattern_body(0, i, 500),
+        "A",
+        &format!("key{i}"),
+        &format!("U{i}"),
+    );
+    block(store.put(vec![m])).unwrap();
+}
+
 fn fill(store: &Store, n: u64) {
     for i in 0..n {
-        let m = msg(
-            "T",
-            0,
-            &pattern_body(0, i, 500),
-            "A",
-            &format!("key{i}"),
-            &format!("U{i}"),
-        );
-        block(store.put(vec![m])).unwrap();
+        put_one(store, i);
+    }
+}
+
+/// Every message of T/0 in `[min, max)` is served, intact.
+fn read_back(store: &Store, min: u64, max: u64) {
+    let mut off = min;
+    while off < max {
+        let r = block(store.get_messages("T", 0, off, 32, None)).unwrap();
+        assert_eq!(r.status, GetStatus::Found, "at {off}");
+        for (m, qo) in r.messages.iter().zip(&r.queue_offsets) {
+            let rec = coremq::message::MessageRecord::decode(m).unwrap();
+            assert_eq!(rec.body, pattern_body(0, *qo, 500));
+        }
+        off = r.next_begin_offset;
     }
 }
 
@@ -82,16 +101,7 @@ fn expired_segments_and_their_queue_and_index_files_go() {
     assert_eq!(r.status, GetStatus::OffsetTooSmall);
     assert_eq!(r.next_begin_offset, min);
     // Everything from the new minimum on is readable and intact.
-    let mut off = min;
-    while off < max {
-        let r = block(store.get_messages("T", 0, off, 32, None)).unwrap();
-        assert_eq!(r.status, GetStatus::Found, "at {off}");
-        for (m, qo) in r.messages.iter().zip(&r.queue_offsets) {
-            let rec = coremq::message::MessageRecord::decode(m).unwrap();
-            assert_eq!(rec.body, pattern_body(0, *qo, 500));
-        }
-        off = r.next_begin_offset;
-    }
+    read_back(&store, min, max);
     // Keys of retained messages are still found; keys of deleted ones are not.
     assert_eq!(
         block(store.query_by_key("T", "key1999", 4, 0, i64::MAX))
@@ -180,15 +190,7 @@ fn an_expired_segment_is_reused_and_recovery_stops_at_its_tail() {
     };
     let mut n = 2000u64;
     loop {
-        let m = msg(
-            "T",
-            0,
-            &pattern_body(0, n, 500),
-            "A",
-            &format!("key{n}"),
-            &format!("U{n}"),
-        );
-        block(store.put(vec![m])).unwrap();
+        put_one(&store, n);
         n += 1;
         let written = block(store.stats()).unwrap()[0].written;
         if reused_base().is_some_and(|b| written > b + cfg.segment_size / 2) {
@@ -200,16 +202,7 @@ fn an_expired_segment_is_reused_and_recovery_stops_at_its_tail() {
     let check = |store: &Store| {
         let (min, max) = block(store.queue_range("T", 0)).unwrap();
         assert_eq!(max, n);
-        let mut off = min;
-        while off < max {
-            let r = block(store.get_messages("T", 0, off, 32, None)).unwrap();
-            assert_eq!(r.status, GetStatus::Found, "at {off}");
-            for (m, qo) in r.messages.iter().zip(&r.queue_offsets) {
-                let rec = coremq::message::MessageRecord::decode(m).unwrap();
-                assert_eq!(rec.body, pattern_body(0, *qo, 500));
-            }
-            off = r.next_begin_offset;
-        }
+        read_back(store, min, max);
         let v = block(store.verify()).unwrap();
         assert!(v.problems.is_empty(), "{:#?}", v.problems);
     };
