@@ -88,6 +88,10 @@ enum Cmd {
         /// (lets a test kill the process with acknowledged data in flight).
         #[arg(long, default_value_t = 0)]
         linger_ms: u64,
+        /// Run retention this often with `fileReservedTime` 0, as a store at its retention
+        /// limit: every segment left behind expires, and new segments reuse them (0: never).
+        #[arg(long, default_value_t = 0)]
+        retention_every_ms: u64,
     },
     /// Verify every record and consume-queue entry.
     Verify {
@@ -130,9 +134,25 @@ fn run(cli: Cli) -> Result<i32, Box<dyn std::error::Error>> {
             count,
             size,
             linger_ms,
+            retention_every_ms,
         } => {
             init_log(&store);
-            let s = Store::open(store.config())?;
+            let cfg = store.config();
+            if retention_every_ms > 0 {
+                cfg.retention.set_file_reserved_hours(0);
+            }
+            let s = Store::open(cfg)?;
+            if retention_every_ms > 0 {
+                let s = s.clone();
+                // Runs until the process exits (appends end in a shutdown or a kill).
+                std::thread::spawn(move || loop {
+                    std::thread::sleep(std::time::Duration::from_millis(retention_every_ms));
+                    if let Err(e) = futures_lite::future::block_on(s.run_retention()) {
+                        eprintln!("retention: {e}");
+                        return;
+                    }
+                });
+            }
             let acked = Arc::new(AtomicU64::new(0));
             // One appender thread per queue: concurrent appends exercise group commit.
             let threads: Vec<_> = (0..queues)
