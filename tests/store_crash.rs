@@ -24,10 +24,6 @@ impl Drop for KillOnDrop {
     }
 }
 
-fn spawn_appender(store: &std::path::Path) -> KillOnDrop {
-    spawn_appender_with(store, "SYNC_FLUSH", "100000", "0")
-}
-
 fn spawn_appender_with(
     store: &std::path::Path,
     flush: &str,
