@@ -66,6 +66,15 @@ struct Opts {
     bench: bool,
 }
 
+impl Opts {
+    /// Whether `--filter` leaves out the shape labelled `label`.
+    fn skips(&self, label: &str) -> bool {
+        self.filter
+            .as_ref()
+            .is_some_and(|f| !label.contains(f.as_str()))
+    }
+}
+
 #[derive(Clone, Copy)]
 struct Shape {
     size: usize,
@@ -263,6 +272,18 @@ fn run_append(
     Ok(r)
 }
 
+/// `--reps` runs of [`run_append`], or the first failure.
+fn append_runs(
+    base: &Path,
+    shape: Shape,
+    opts: &Opts,
+    at_limit: bool,
+) -> Result<Vec<RunResult>, String> {
+    (0..opts.reps)
+        .map(|_| run_append(base, shape, opts.warmup, opts.secs, at_limit))
+        .collect()
+}
+
 fn us(h: &Histogram<u64>, q: f64) -> f64 {
     h.value_at_quantile(q) as f64 / 1e3
 }
@@ -458,17 +479,10 @@ fn main() {
                             "ASYNC"
                         }
                     );
-                    if opts
-                        .filter
-                        .as_ref()
-                        .is_some_and(|f| !label.contains(f.as_str()))
-                    {
+                    if opts.skips(&label) {
                         continue;
                     }
-                    let runs: Vec<RunResult> = match (0..opts.reps)
-                        .map(|_| run_append(&base, shape, opts.warmup, opts.secs, false))
-                        .collect::<Result<Vec<_>, String>>()
-                    {
+                    let runs = match append_runs(&base, shape, &opts, false) {
                         Ok(r) => r,
                         Err(e) => {
                             say(format!("| {label} | failed: {e} |"));
@@ -569,11 +583,7 @@ fn main() {
     for &size in sizes {
         for &shards in shard_counts {
             let label = format!("{size}B/{shards}sh/SYNC/64/reused");
-            if opts
-                .filter
-                .as_ref()
-                .is_some_and(|f| !label.contains(f.as_str()))
-            {
+            if opts.skips(&label) {
                 continue;
             }
             let shape = Shape {
@@ -582,10 +592,7 @@ fn main() {
                 mode: FlushDiskType::SyncFlush,
                 appenders: 64,
             };
-            let runs: Vec<RunResult> = match (0..opts.reps)
-                .map(|_| run_append(&base, shape, opts.warmup, opts.secs, true))
-                .collect::<Result<Vec<_>, String>>()
-            {
+            let runs = match append_runs(&base, shape, &opts, true) {
                 Ok(r) => r,
                 Err(e) => {
                     say(format!("| {label} | failed: {e} |"));
