@@ -115,23 +115,64 @@ fn message(topic: &str, q: u32, body: &Bytes, uniq: u64) -> PutMessage {
 
 /// `appenders` tasks on each shard append `size`-byte messages for `secs`.
 fn append_load(store: &Store, size: usize, appenders: usize, secs: f64) -> RunResult {
-    try_append_load(store, size, appenders, 0.0, secs)
+    let warmup = Warmup {
+        secs: 0.0,
+        bytes: 0,
+    };
+    try_append_load(store, size, appenders, warmup, secs)
         .unwrap_or_else(|e| panic!("append load: {e}"))
 }
 
-/// As [`append_load`], counting only the appends that start `warmup` seconds or more in.
+/// What a load does before its measured part: it runs for `secs`, and on every shard for
+/// at least `bytes` of records.
+#[derive(Clone, Copy)]
+struct Warmup {
+    secs: f64,
+    bytes: u64,
+}
+
+/// Longest a warm-up may take to reach its bytes.
+const WARMUP_LIMIT: Duration = Duration::from_secs(60);
+
+/// When the measured part of a load starts: the first instant at which the warm-up's time
+/// has passed and every shard has appended the warm-up's bytes. Shared by the shards.
+struct Start {
+    at: std::sync::OnceLock<Instant>,
+    ready: std::sync::atomic::AtomicUsize,
+    shards: usize,
+    not_before: Instant,
+}
+
+impl Start {
+    /// The start, fixing it now if every shard is ready and the warm-up time has passed.
+    fn check(&self, now: Instant) -> Option<Instant> {
+        if let Some(at) = self.at.get() {
+            return Some(*at);
+        }
+        (now >= self.not_before && self.ready.load(Ordering::Acquire) == self.shards)
+            .then(|| *self.at.get_or_init(|| now))
+    }
+}
+
+/// As [`append_load`], counting only the appends that start after the warm-up.
 fn try_append_load(
     store: &Store,
     size: usize,
     appenders: usize,
-    warmup: f64,
+    warmup: Warmup,
     secs: f64,
 ) -> Result<RunResult, String> {
     let n = store.shard_count();
-    let measured_from = Instant::now() + Duration::from_secs_f64(warmup);
+    let start = Arc::new(Start {
+        at: std::sync::OnceLock::new(),
+        ready: std::sync::atomic::AtomicUsize::new(0),
+        shards: n,
+        not_before: Instant::now() + Duration::from_secs_f64(warmup.secs),
+    });
+    let measured = Duration::from_secs_f64(secs);
     let threads: Vec<_> = (0..n)
         .map(|i| {
-            let store = store.clone();
+            let (store, start) = (store.clone(), start.clone());
             std::thread::spawn(move || {
                 let id = coremq::store::ShardId::new(i).expect("shard id");
                 futures_lite::future::block_on(store.on_shard(id, move |s| async move {
@@ -142,48 +183,82 @@ fn try_append_load(
                     let hist = Rc::new(RefCell::new(new_hist()));
                     let count = Rc::new(Cell::new(0u64));
                     let bytes = Rc::new(Cell::new(0u64));
-                    let deadline = measured_from + Duration::from_secs_f64(secs);
+                    // This shard's bytes in the warm-up; `None` once it counted as ready.
+                    let warm = Rc::new(Cell::new(Some(0u64)));
                     let body = Bytes::from(vec![0x5Au8; size]);
                     let tasks: Vec<_> = (0..appenders)
                         .map(|k| {
-                            let (s, hist, count, bytes, body) = (
+                            let (s, hist, count, bytes, warm, start, body) = (
                                 s.clone(),
                                 hist.clone(),
                                 count.clone(),
                                 bytes.clone(),
+                                warm.clone(),
+                                start.clone(),
                                 body.clone(),
                             );
                             let q = owned[k % owned.len()];
                             glommio::spawn_local(async move {
                                 let mut seq = (k as u64) << 40;
                                 let mut t = Instant::now();
-                                while t < deadline {
+                                loop {
+                                    let from = start.check(t);
+                                    match from {
+                                        Some(f) if t >= f + measured => break,
+                                        None if t >= start.not_before + WARMUP_LIMIT => {
+                                            return Err(format!(
+                                                "the warm-up did not append {} bytes per \
+                                                 shard in {WARMUP_LIMIT:?}",
+                                                warmup.bytes
+                                            ));
+                                        }
+                                        _ => {}
+                                    }
                                     seq += 1;
                                     let m = message("Bench", q, &body, seq);
-                                    let r = s.put(std::slice::from_ref(&m)).await?;
+                                    let r = s
+                                        .put(std::slice::from_ref(&m))
+                                        .await
+                                        .map_err(|e| e.to_string())?;
                                     let done = Instant::now();
-                                    if t >= measured_from {
+                                    let size = r[0].size as u64;
+                                    if from.is_some_and(|f| t >= f) {
                                         let ns = (done - t).as_nanos() as u64;
                                         hist.borrow_mut().record(ns).ok();
                                         count.set(count.get() + 1);
-                                        bytes.set(bytes.get() + r[0].size as u64);
+                                        bytes.set(bytes.get() + size);
+                                    } else if let Some(w) = warm.get() {
+                                        if w + size >= warmup.bytes {
+                                            warm.set(None);
+                                            start.ready.fetch_add(1, Ordering::Release);
+                                        } else {
+                                            warm.set(Some(w + size));
+                                        }
                                     }
                                     t = done;
                                     // A request boundary: a broker's connection task awaits
                                     // its socket here, letting the other appenders run.
                                     futures_lite::future::yield_now().await;
                                 }
-                                Ok::<(), coremq::store::StoreError>(())
+                                Ok::<(), String>(())
                             })
                         })
                         .collect();
+                    let mut err = None;
                     for t in tasks {
-                        t.await?;
+                        if let Err(e) = t.await {
+                            err.get_or_insert(e);
+                        }
                     }
+                    // A store error ends the shard's work; a load error is the run's result.
                     let h = hist.borrow().clone();
-                    Ok((count.get(), bytes.get(), h))
+                    Ok(match err {
+                        Some(e) => Err(e),
+                        None => Ok((count.get(), bytes.get(), h)),
+                    })
                 }))
                 .map_err(|e| e.to_string())
+                .and_then(|r| r)
             })
         })
         .collect();
@@ -208,7 +283,7 @@ fn try_append_load(
             Err(e) => err = Some(e),
         }
     }
-    out.secs = measured_from.elapsed().as_secs_f64();
+    out.secs = start.at.get().map_or(0.0, |at| at.elapsed().as_secs_f64());
     match err {
         Some(e) => Err(e),
         None => Ok(out),
@@ -232,7 +307,11 @@ fn bench_config(dir: &Path, shards: usize, mode: FlushDiskType) -> StoreConfig {
 ///
 /// With `at_limit`, retention runs every 50 ms with `fileReservedTime` 0, as on a broker whose
 /// retention deletes a segment for each it fills: each segment the appends leave is kept as
-/// the spare and the next new one takes it (`reuse_segments`).
+/// the spare and the next new one takes it (`reuse_segments`). The first four segments of a
+/// shard are new ones: two opened with the store, one opened ahead while the first is
+/// written, before any has expired, and the one opened ahead as the second becomes the tail,
+/// a moment before the first is retired. So the warm-up also lasts until every shard has
+/// appended five segments, and the measured part runs in reused segments only.
 fn run_append(
     base: &Path,
     shape: Shape,
@@ -247,6 +326,10 @@ fn run_append(
     if at_limit {
         cfg.retention.set_file_reserved_hours(0);
     }
+    let warmup = Warmup {
+        secs: warmup,
+        bytes: if at_limit { 5 * cfg.segment_size } else { 0 },
+    };
     let store = Store::open(cfg).map_err(|e| e.to_string())?;
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let retention = at_limit.then(|| {
@@ -625,8 +708,9 @@ fn main() {
             "\n## SYNC_FLUSH, 64 appenders, retention at its limit\n\n\
              Retention runs every 50 ms with `fileReservedTime` 0, as on a broker that deletes a \
              segment for each it fills: each segment left behind becomes the spare and the next \
-             new one takes it, so past the first two the appends go into written blocks. The \
-             last column is against one durable stream into written blocks.\n\n\
+             new one takes it, so past the first four the appends go into written blocks; the \
+             warm-up lasts until every shard has appended five. The last column is against one \
+             durable stream into written blocks.\n\n\
              | record | shards | MB/s | of raw write | p99 µs | p99 / raw fsync p99 | of the \
              written-block stream |\n|---|---|---|---|---|---|---|\n{}",
             rows.join("\n")
