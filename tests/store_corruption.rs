@@ -175,3 +175,47 @@ fn flipped_byte_in_the_middle_is_reported_not_served() {
     assert!(block(store.put(vec![msg("T", 0, b"x", "", "", "")])).is_ok());
     store.shutdown().unwrap();
 }
+
+/// A cold read of many read-ahead windows (several DMA reads in flight) returns every record
+/// in order, and one corrupt record in a later window ends the answer just before it.
+#[test]
+fn a_read_over_many_windows_stops_at_a_corrupt_record_in_a_later_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = small_config(dir.path(), 1);
+    // ~16 records of 400 bytes per window: 300 records are ~19 windows.
+    cfg.read_ahead_bytes = 8 << 10;
+    let store = Store::open(cfg.clone()).unwrap();
+    let mut offs = Vec::new();
+    for i in 0..300u64 {
+        let body = coremq::store::pattern_body(0, i, 400);
+        let r = block(store.put(vec![msg("T", 0, &body, "A", "", "")])).unwrap();
+        offs.push(r[0].offset);
+    }
+    store.shutdown().unwrap();
+
+    // A restart empties the tail cache: every record comes from the disk.
+    let store = Store::open(cfg.clone()).unwrap();
+    let r = block(store.get_messages("T", 0, 0, 300, None)).unwrap();
+    assert_eq!(r.messages.len(), 300);
+    for (i, m) in r.messages.iter().enumerate() {
+        let rec = coremq::message::MessageRecord::decode(m).unwrap();
+        assert_eq!(
+            rec.body[..],
+            coremq::store::pattern_body(0, i as u64, 400)[..]
+        );
+    }
+    store.shutdown().unwrap();
+
+    // Record 150 lies in the tenth window, well past the first reads in flight.
+    let (file, in_seg) = segment_file(dir.path(), offs[150], cfg.segment_size);
+    flip(&file, in_seg + 200);
+    let store = Store::open(cfg).unwrap();
+    let r = block(store.get_messages("T", 0, 0, 300, None)).unwrap();
+    assert_eq!(r.messages.len(), 150);
+    assert_eq!(r.next_begin_offset, 150);
+    let e = block(store.get_messages("T", 0, 150, 300, None)).unwrap_err();
+    assert!(matches!(e, StoreError::Corruption { .. }), "{e}");
+    let r = block(store.get_messages("T", 0, 151, 300, None)).unwrap();
+    assert_eq!(r.messages.len(), 149);
+    store.shutdown().unwrap();
+}

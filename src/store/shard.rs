@@ -35,6 +35,8 @@ const DELETE_STEP_PAUSE_MS: u64 = 2;
 /// From this many consume queues due for a sync in one flush, one `syncfs` replaces their
 /// `fdatasync`s.
 const SYNCFS_QUEUES: usize = 64;
+/// Read-ahead DMA reads one `get_messages` keeps in flight (each at most `read_ahead_bytes`).
+const READS_IN_FLIGHT: usize = 4;
 use super::error::{check_written, io_err, Result, StoreError};
 use super::format::{index_key_prefix, Checkpoint, CqEntry, IndexLayout, ShardCheckpoint};
 use super::index::{local_time, IndexService};
@@ -931,21 +933,26 @@ impl ShardStore {
     }
 
     /// Reads the records of consume-queue entries, grouping nearby ones into one DMA read of
-    /// at most `read_ahead_bytes`. A corrupt record is an error when it is the first one;
-    /// otherwise the records before it are returned.
+    /// at most `read_ahead_bytes`, with up to [`READS_IN_FLIGHT`] of those in flight: the
+    /// next ones are read while the records of the first are checked (a cold catch-up read
+    /// at one read at a time left the disk idle during each check). A corrupt record is an
+    /// error when it is the first one; otherwise the records before it are returned.
     async fn read_entries(&self, picked: &[(u64, CqEntry)]) -> Result<Vec<Bytes>> {
-        let mut out = Vec::with_capacity(picked.len());
+        let pos_of = |e: &CqEntry| {
+            CommitLogOffset::from_i64(e.offset)
+                .map(|o| o.pos())
+                .unwrap_or(0)
+        };
+        // Groups of entries, each `(first, end index, start, end)`, read by one DMA read if
+        // more than one and flushed.
+        let mut groups = Vec::new();
         let mut i = 0;
         while i < picked.len() {
-            let start = CommitLogOffset::from_i64(picked[i].1.offset)
-                .map(|o| o.pos())
-                .unwrap_or(0);
+            let start = pos_of(&picked[i].1);
             let mut j = i + 1;
             let mut end = start + picked[i].1.size as u64;
             while j < picked.len() {
-                let p = CommitLogOffset::from_i64(picked[j].1.offset)
-                    .map(|o| o.pos())
-                    .unwrap_or(0);
+                let p = pos_of(&picked[j].1);
                 let e = p + picked[j].1.size as u64;
                 let same_seg = p / self.log.segment_size() == start / self.log.segment_size();
                 if p < end || e - start > self.cfg.read_ahead_bytes || !same_seg {
@@ -954,15 +961,28 @@ impl ShardStore {
                 end = e;
                 j += 1;
             }
-            let span = if j - i > 1 && end <= self.log.flushed() {
-                Some(self.log.read(start, (end - start) as usize).await?)
-            } else {
-                None
+            groups.push((i, j, start, end));
+            i = j;
+        }
+        let flushed = self.log.flushed();
+        let read = |&(i, j, start, end): &(usize, usize, u64, u64)| {
+            let log = self.log.clone();
+            (j - i > 1 && end <= flushed).then(|| {
+                glommio::spawn_local(async move { log.read(start, (end - start) as usize).await })
+            })
+        };
+        let mut reads: VecDeque<_> = groups.iter().take(READS_IN_FLIGHT).map(read).collect();
+        let mut out = Vec::with_capacity(picked.len());
+        for (k, &(i, j, start, _)) in groups.iter().enumerate() {
+            let span = match reads.pop_front().flatten() {
+                Some(t) => Some(t.await?),
+                None => None,
             };
+            if let Some(g) = groups.get(k + READS_IN_FLIGHT) {
+                reads.push_back(read(g));
+            }
             for (_, e) in &picked[i..j] {
-                let pos = CommitLogOffset::from_i64(e.offset)
-                    .map(|o| o.pos())
-                    .unwrap_or(0);
+                let pos = pos_of(e);
                 let rec = match &span {
                     Some(s) => {
                         let at = (pos - start) as usize;
@@ -978,7 +998,6 @@ impl ShardStore {
                 }
                 out.push(rec);
             }
-            i = j;
         }
         Ok(out)
     }
