@@ -120,6 +120,14 @@ if [ -n "$BLK" ]; then
   if [ "$SCHED" = none ] || [ -z "$SCHED" ]; then ok "$BLK scheduler" "${SCHED:-none}"; else diff_ "$BLK scheduler" "is $SCHED, want none: echo none > /sys/block/$BLK/queue/scheduler"; fi
   NR=$(cat "/sys/block/$BLK/queue/nr_requests")
   if [ "$NR" -ge 256 ]; then ok "$BLK nr_requests" "$NR"; else diff_ "$BLK nr_requests" "is $NR, want >= 256"; fi
+  # Hardware, not a setting: reported, never a difference (see the guide, "Write cache").
+  WC=$(cat "/sys/block/$BLK/queue/write_cache" 2>/dev/null)
+  FUA=$(cat "/sys/block/$BLK/queue/fua" 2>/dev/null)
+  case "$WC" in
+    "write back") info "$BLK write_cache" "write back, fua ${FUA:-?}: each SYNC_FLUSH round also flushes the device cache" ;;
+    "write through") info "$BLK write_cache" "write through: SYNC_FLUSH rounds need no cache flush" ;;
+    *) info "$BLK write_cache" "unknown" ;;
+  esac
 else
   info "block device" "not found for ${SRC:-$PROBE}"
 fi
