@@ -935,10 +935,15 @@ impl CommitLog {
         }
     }
 
+    /// `[pos, pos + len)` from the tail cache, if it holds it whole.
+    pub fn cached(&self, pos: u64, len: usize) -> Option<Bytes> {
+        self.st.borrow().cache.get(pos, len)
+    }
+
     /// Reads `len` bytes at shard position `pos`: from the tail cache when there, else with an
     /// aligned DMA read of the segment.
     pub async fn read(&self, pos: u64, len: usize) -> Result<Bytes> {
-        if let Some(b) = self.st.borrow().cache.get(pos, len) {
+        if let Some(b) = self.cached(pos, len) {
             return Ok(b);
         }
         let flushed = self.st.borrow().flushed;

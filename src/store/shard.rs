@@ -45,6 +45,12 @@ use super::offset::{CommitLogOffset, ShardId};
 use crate::message::record::{self, RecordMeta, RecordView};
 use crate::message::{msgid, properties, tags_code};
 
+/// The bytes of a group of records `read_entries` reads at once.
+enum Span {
+    Cached(Bytes),
+    Reading(glommio::Task<Result<Bytes>>),
+}
+
 /// `syncfs(2)` of the filesystem holding `dir`. Blocking: call it on the blocking pool.
 fn syncfs(dir: &std::path::Path) -> std::io::Result<()> {
     use std::os::fd::AsRawFd;
@@ -965,17 +971,29 @@ impl ShardStore {
             i = j;
         }
         let flushed = self.log.flushed();
+        // A group's bytes: from the tail cache at once (a pull of recent messages spawns
+        // nothing), else a read started now.
         let read = |&(i, j, start, end): &(usize, usize, u64, u64)| {
-            let log = self.log.clone();
-            (j - i > 1 && end <= flushed).then(|| {
-                glommio::spawn_local(async move { log.read(start, (end - start) as usize).await })
+            let len = (end - start) as usize;
+            if j - i == 1 || end > flushed {
+                return None;
+            }
+            Some(match self.log.cached(start, len) {
+                Some(b) => Span::Cached(b),
+                None => {
+                    let log = self.log.clone();
+                    Span::Reading(glommio::spawn_local(
+                        async move { log.read(start, len).await },
+                    ))
+                }
             })
         };
         let mut reads: VecDeque<_> = groups.iter().take(READS_IN_FLIGHT).map(read).collect();
         let mut out = Vec::with_capacity(picked.len());
         for (k, &(i, j, start, _)) in groups.iter().enumerate() {
             let span = match reads.pop_front().flatten() {
-                Some(t) => Some(t.await?),
+                Some(Span::Reading(t)) => Some(t.await?),
+                Some(Span::Cached(b)) => Some(b),
                 None => None,
             };
             if let Some(g) = groups.get(k + READS_IN_FLIGHT) {
