@@ -163,6 +163,8 @@ pub struct StoreConfig {
     /// Retention keeps one expired segment per shard (renamed `spare`) and the next new
     /// segment takes it: its blocks are written already, so records go in without zeros
     /// written first or extent conversions (a new segment's price), and deletion is a rename.
+    /// One spare covers one segment filled per retention pass (`clean_resource_interval_ms`);
+    /// the others a pass expires are deleted.
     pub reuse_segments: bool,
     /// When warming: how far the next segment's zeros stay ahead of the tail's offset in its
     /// own segment (the zeros keep pace with the appends, a little ahead).
