@@ -58,6 +58,13 @@ struct Opts {
     /// Skip the cold-read and retention sections.
     #[arg(long)]
     no_extras: bool,
+    /// Rows with retention at its limit: ms between retention passes.
+    #[arg(long, default_value_t = 50)]
+    retention_ms: u64,
+    /// Rows with retention at its limit: expired segments a shard keeps for reuse
+    /// (`spareCommitLogSegments`).
+    #[arg(long, default_value_t = 1)]
+    spares: usize,
     /// Segment warming (`warmMapedFileEnable`): `auto` (on for SYNC_FLUSH), `on`, `off`.
     #[arg(long, default_value = "auto")]
     warm: String,
@@ -305,7 +312,8 @@ fn bench_config(dir: &Path, shards: usize, mode: FlushDiskType) -> StoreConfig {
 /// One append run in a fresh store (256 MiB segments keep the disk footprint small on a
 /// shared disk). Errors (a full disk, say) come back as text for the table.
 ///
-/// With `at_limit`, retention runs every 50 ms with `fileReservedTime` 0, as on a broker whose
+/// With `at_limit`, retention runs every `--retention-ms` (50) with `fileReservedTime` 0, and
+/// a shard keeps `--spares` (1) expired segments, as on a broker whose
 /// retention deletes a segment for each it fills: each segment the appends leave is kept as
 /// the spare and the next new one takes it (`reuse_segments`). The first four segments of a
 /// shard are new ones: two opened with the store, one opened ahead while the first is
@@ -317,26 +325,31 @@ fn run_append(
     shape: Shape,
     warmup: f64,
     secs: f64,
-    at_limit: bool,
+    at_limit: Option<(Duration, usize)>,
 ) -> Result<RunResult, String> {
     let dir = base.join("append");
     let _ = std::fs::remove_dir_all(&dir);
     let mut cfg = bench_config(&dir, shape.shards, shape.mode);
     cfg.segment_size = 256 << 20;
-    if at_limit {
+    if let Some((_, spares)) = at_limit {
         cfg.retention.set_file_reserved_hours(0);
+        cfg.spare_segments = spares;
     }
     let warmup = Warmup {
         secs: warmup,
-        bytes: if at_limit { 5 * cfg.segment_size } else { 0 },
+        bytes: if at_limit.is_some() {
+            5 * cfg.segment_size
+        } else {
+            0
+        },
     };
     let store = Store::open(cfg).map_err(|e| e.to_string())?;
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let retention = at_limit.then(|| {
+    let retention = at_limit.map(|(every, _)| {
         let (store, stop) = (store.clone(), stop.clone());
         std::thread::spawn(move || {
             while !stop.load(Ordering::Relaxed) {
-                std::thread::sleep(Duration::from_millis(50));
+                std::thread::sleep(every);
                 if let Err(e) = futures_lite::future::block_on(store.run_retention()) {
                     eprintln!("retention: {e}");
                 }
@@ -362,6 +375,7 @@ fn append_runs(
     opts: &Opts,
     at_limit: bool,
 ) -> Result<Vec<RunResult>, String> {
+    let at_limit = at_limit.then(|| (Duration::from_millis(opts.retention_ms), opts.spares));
     (0..opts.reps)
         .map(|_| run_append(base, shape, opts.warmup, opts.secs, at_limit))
         .collect()
@@ -706,13 +720,15 @@ fn main() {
             .collect();
         say(format!(
             "\n## SYNC_FLUSH, 64 appenders, retention at its limit\n\n\
-             Retention runs every 50 ms with `fileReservedTime` 0, as on a broker that deletes a \
-             segment for each it fills: each segment left behind becomes the spare and the next \
-             new one takes it, so past the first four the appends go into written blocks; the \
-             warm-up lasts until every shard has appended five. The last column is against one \
-             durable stream into written blocks.\n\n\
+             Retention runs every {} ms with `fileReservedTime` 0, and a shard keeps {} spare(s), \
+             as on a broker that deletes a segment for each it fills: each segment left behind \
+             becomes a spare and a new one takes it, so past the first four the appends go into \
+             written blocks; the warm-up lasts until every shard has appended five. The last \
+             column is against one durable stream into written blocks.\n\n\
              | record | shards | MB/s | of raw write | p99 µs | p99 / raw fsync p99 | of the \
              written-block stream |\n|---|---|---|---|---|---|---|\n{}",
+            opts.retention_ms,
+            opts.spares,
             rows.join("\n")
         ));
     }

@@ -217,3 +217,57 @@ fn an_expired_segment_is_reused_and_recovery_stops_at_its_tail() {
     check(&store);
     store.shutdown().unwrap();
 }
+
+/// With `spare_segments` 3, a pass that expires more segments keeps three as spares
+/// (`spare`, `spare.1`, `spare.2`) and deletes the others; a restart keeps them, and later
+/// new segments take every one (the same files), with every record intact.
+#[test]
+fn a_pass_keeps_up_to_spare_segments_and_new_segments_take_them_all() {
+    use coremq::store::commitlog::spare_name;
+    use std::os::unix::fs::MetadataExt;
+    let dir = tempfile::tempdir().unwrap();
+    let (mut cfg, skew) = clocked(dir.path());
+    cfg.spare_segments = 3;
+    let store = Store::open(cfg.clone()).unwrap();
+    fill(&store, 2000); // 5 segments of 256 KiB
+    let seg_dir = dir.path().join("commitlog/0");
+    skew.store(50 * HOUR, Ordering::Relaxed);
+    let rep = block(store.run_retention()).unwrap();
+    assert!(rep.segments >= 4, "{rep:?}");
+    let spares: Vec<_> = (0..3).map(|i| seg_dir.join(spare_name(i))).collect();
+    for s in &spares {
+        assert!(s.exists(), "{} kept", s.display());
+    }
+    assert!(!seg_dir.join(spare_name(3)).exists(), "no more than three");
+    let inos: Vec<u64> = spares
+        .iter()
+        .map(|s| std::fs::metadata(s).unwrap().ino())
+        .collect();
+    store.shutdown().unwrap();
+
+    let store = Store::open(cfg).unwrap();
+    let mut n = 2000u64;
+    while spares.iter().any(|s| s.exists()) {
+        put_one(&store, n);
+        n += 1;
+        assert!(n < 9000, "spares left untaken");
+    }
+    let numbered: Vec<u64> = std::fs::read_dir(&seg_dir)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| {
+            coremq::store::offset::parse_file_name(&e.file_name().to_string_lossy()).is_some()
+        })
+        .map(|e| e.metadata().unwrap().ino())
+        .collect();
+    assert!(
+        inos.iter().all(|i| numbered.contains(i)),
+        "every spare became a segment"
+    );
+    let (min, max) = block(store.queue_range("T", 0)).unwrap();
+    assert_eq!(max, n);
+    read_back(&store, min, max);
+    let v = block(store.verify()).unwrap();
+    assert!(v.problems.is_empty(), "{:#?}", v.problems);
+    store.shutdown().unwrap();
+}

@@ -202,6 +202,8 @@ impl BrokerConfig {
                 "warmMapedFileEnable" => self.store.warm_segments = Some(value(p, file)?),
                 // CoreMQ: keep an expired segment as the next new one (default true).
                 "reuseCommitLogSegments" => self.store.reuse_segments = value(p, file)?,
+                // CoreMQ: most expired segments a shard keeps for reuse (default 1).
+                "spareCommitLogSegments" => self.store.spare_segments = value(p, file)?,
                 // CoreMQ: pin each shard's thread to its core (default true).
                 "pinShards" => self.store.pin_shards = value(p, file)?,
                 // CoreMQ: µs an idle shard polls before sleeping (see StoreConfig).
@@ -352,6 +354,7 @@ impl BrokerConfig {
             ("maxIndexNum", st.index_max_entries.to_string()),
             ("warmMapedFileEnable", st.warms_segments().to_string()),
             ("reuseCommitLogSegments", st.reuse_segments.to_string()),
+            ("spareCommitLogSegments", st.spare_segments.to_string()),
             ("shards", st.shards.to_string()),
             ("pinShards", st.pin_shards.to_string()),
             ("shardSpinMicros", st.spin_before_park_us.to_string()),
@@ -395,7 +398,7 @@ mod tests {
         let text = "brokerName=b1\nlistenPort=12000\ndeleteWhen=04;16\nfileReservedTime=5\n\
                     flushDiskType=SYNC_FLUSH\nbrokerRole=SYNC_MASTER\nshards=2\n\
                     namesrvAddr=127.0.0.1:1;127.0.0.1:2\nwarmMapedFileEnable=false\n\
-                    reuseCommitLogSegments=false\n";
+                    reuseCommitLogSegments=false\nspareCommitLogSegments=3\n";
         c.apply(&parse_properties(text, "x").unwrap(), "x").unwrap();
         let out = c.to_properties();
         for line in text.lines() {

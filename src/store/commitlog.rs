@@ -47,8 +47,25 @@ pub struct Segment {
     pub reused: bool,
 }
 
-/// File name of a shard's spare segment: an expired one kept for the next new segment.
+/// File name of a shard's first spare segment: an expired one kept for a new segment. The
+/// others (`StoreConfig::spare_segments`) are `spare.1`, `spare.2`, … ([`spare_name`]).
 pub const SPARE: &str = "spare";
+
+/// File name of a shard's spare number `i` (from 0).
+pub fn spare_name(i: usize) -> String {
+    match i {
+        0 => SPARE.to_string(),
+        _ => format!("{SPARE}.{i}"),
+    }
+}
+
+/// The spare number a file name is, if it is one.
+fn parse_spare_name(name: &str) -> Option<usize> {
+    match name.strip_prefix(SPARE)? {
+        "" => Some(0),
+        rest => rest.strip_prefix('.')?.parse().ok().filter(|i| *i > 0),
+    }
+}
 
 /// Recently written bytes, as runs of whole records keyed by their position.
 #[derive(Default)]
@@ -238,8 +255,9 @@ pub struct CommitLog {
     bytes_flushed: Cell<u64>,
     /// Where the log starts when no segment exists yet (segments are created by the flusher).
     empty_start: Cell<u64>,
-    /// The shard's spare segment ([`SPARE`]) is there for the next new segment to take.
-    spare: Cell<bool>,
+    /// The shard's spare segments ([`spare_name`]), for the next new segments to take (the
+    /// last first).
+    spares: RefCell<Vec<PathBuf>>,
 }
 
 /// Result of opening (and possibly recovering) a commitlog.
@@ -309,11 +327,12 @@ async fn open_segment(
     size: u64,
     create: bool,
     dsync: bool,
-    reuse: bool,
+    spare: Option<PathBuf>,
 ) -> Result<Rc<Segment>> {
     let path = dir.join(file_name(base));
-    if reuse {
-        rename_durably(dir.join(SPARE), path.clone()).await?;
+    let reuse = spare.is_some();
+    if let Some(spare) = spare {
+        rename_durably(spare, path.clone()).await?;
         log::info!("reusing an expired segment as {}", path.display());
     }
     let mut opts = OpenOptions::new();
@@ -426,7 +445,7 @@ impl CommitLog {
                     ),
                 });
             }
-            segments.push(open_segment(&dir, b, seg_size, false, dsync, false).await?);
+            segments.push(open_segment(&dir, b, seg_size, false, dsync, None).await?);
         }
         let log = Rc::new(CommitLog {
             shard,
@@ -461,21 +480,35 @@ impl CommitLog {
             ),
             bytes_flushed: Cell::new(0),
             empty_start: Cell::new(0),
-            spare: Cell::new(false),
+            spares: RefCell::new(Vec::new()),
         });
-        // A spare kept by an earlier run is used if it still fits the segment size.
-        let spare_path = log.dir.join(SPARE);
-        let reuse = cfg.reuse_segments;
-        let spare_ok = blocking(move || match std::fs::metadata(&spare_path) {
-            Ok(m) if reuse && m.len() == seg_size => true,
-            Ok(_) => {
-                let _ = std::fs::remove_file(&spare_path);
-                false
+        // Spares kept by an earlier run are used if they still fit the segment size and the
+        // number kept; the others are deleted.
+        let dir = log.dir.clone();
+        let keep = cfg.max_spares();
+        let spares = blocking(move || {
+            let mut found: Vec<(usize, PathBuf, u64)> = std::fs::read_dir(&dir)
+                .into_iter()
+                .flatten()
+                .filter_map(|e| e.ok())
+                .filter_map(|e| {
+                    let i = parse_spare_name(&e.file_name().to_string_lossy())?;
+                    Some((i, e.path(), e.metadata().ok()?.len()))
+                })
+                .collect();
+            found.sort();
+            let mut kept = Vec::new();
+            for (_, path, len) in found {
+                if len == seg_size && kept.len() < keep {
+                    kept.push(path);
+                } else {
+                    let _ = std::fs::remove_file(&path);
+                }
             }
-            Err(_) => false,
+            kept
         })
         .await;
-        log.spare.set(spare_ok);
+        *log.spares.borrow_mut() = spares;
         let (first, last_end) = {
             let segs = log.segments.borrow();
             (
@@ -997,8 +1030,8 @@ impl CommitLog {
         let pending = self.next_segment.borrow_mut().take();
         let dsync = self.cfg.dsync_segments();
         let open_here = || {
-            let reuse = self.spare.replace(false);
-            open_segment(&self.dir, base, self.seg_size, true, dsync, reuse)
+            let spare = self.spares.borrow_mut().pop();
+            open_segment(&self.dir, base, self.seg_size, true, dsync, spare)
         };
         let seg = match pending {
             Some(h) => match h.await {
@@ -1018,9 +1051,9 @@ impl CommitLog {
         }
         let dir = self.dir.clone();
         let (next, size) = (base + self.seg_size, self.seg_size);
-        let reuse = self.spare.replace(false);
+        let spare = self.spares.borrow_mut().pop();
         let h = glommio::spawn_local(async move {
-            open_segment(&dir, next, size, true, dsync, reuse).await
+            open_segment(&dir, next, size, true, dsync, spare).await
         })
         .detach();
         *self.next_segment.borrow_mut() = Some(h);
@@ -1371,11 +1404,11 @@ impl CommitLog {
         Some(segs.remove(0))
     }
 
-    /// Keeps an expired segment, detached by [`CommitLog::detach_oldest`], as the shard's spare
-    /// for the next new segment (`reuse_segments`), if there is none yet and no reader holds
-    /// it. `false`: not kept, the caller deletes it.
+    /// Keeps an expired segment, detached by [`CommitLog::detach_oldest`], as a spare for a
+    /// new segment (`reuse_segments`), if the shard has fewer than `spare_segments` and no
+    /// reader holds it. `false`: not kept, the caller deletes it.
     pub async fn retire(&self, seg: Rc<Segment>) -> Result<bool> {
-        if !self.cfg.reuse_segments || self.spare.get() {
+        if self.spares.borrow().len() >= self.cfg.max_spares() {
             return Ok(false);
         }
         // A read in flight still holds it: its bytes must not change under the read.
@@ -1393,10 +1426,15 @@ impl CommitLog {
         if size != self.seg_size {
             return Ok(false);
         }
-        // Offered only once renamed: a segment created meanwhile must not take a spare that
-        // is not there yet. (Retention, the only caller, retires one segment at a time.)
-        rename_durably(seg.path.clone(), self.dir.join(SPARE)).await?;
-        self.spare.set(true);
+        // The first name no spare has. Offered only once renamed: a segment created meanwhile
+        // must not take a spare that is not there yet. (Retention, the only caller, retires
+        // one segment at a time.)
+        let to = (0..)
+            .map(|i| self.dir.join(spare_name(i)))
+            .find(|p| !self.spares.borrow().contains(p))
+            .expect("a free spare name");
+        rename_durably(seg.path.clone(), to.clone()).await?;
+        self.spares.borrow_mut().push(to);
         Ok(true)
     }
 
@@ -1567,6 +1605,24 @@ mod tests {
         let mut d = TailCache::default();
         d.push(4096, at_phase(8, 2 * page));
         assert!(d.direct_span(4096, 1 << 20).is_none());
+    }
+
+    #[test]
+    fn spare_names_round_trip_and_nothing_else_parses_as_one() {
+        for i in 0..12 {
+            assert_eq!(parse_spare_name(&spare_name(i)), Some(i));
+        }
+        assert_eq!(spare_name(0), SPARE);
+        for other in [
+            "spare.0",
+            "spare.",
+            "spare1",
+            "spare.x",
+            "sparex",
+            "00000000000000000000",
+        ] {
+            assert_eq!(parse_spare_name(other), None, "{other}");
+        }
     }
 
     #[test]

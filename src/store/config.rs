@@ -163,9 +163,14 @@ pub struct StoreConfig {
     /// Retention keeps one expired segment per shard (renamed `spare`) and the next new
     /// segment takes it: its blocks are written already, so records go in without zeros
     /// written first or extent conversions (a new segment's price), and deletion is a rename.
-    /// One spare covers one segment filled per retention pass (`clean_resource_interval_ms`);
-    /// the others a pass expires are deleted.
+    /// A shard keeps up to `spare_segments` such spares: one covers one segment filled per
+    /// retention pass (`clean_resource_interval_ms`); past that, the others a pass expires
+    /// are deleted.
     pub reuse_segments: bool,
+    /// Most expired segments a shard keeps for reuse (`spareCommitLogSegments`, default 1):
+    /// as many as a shard fills per retention pass. Each holds a segment's disk space until a
+    /// new segment takes it.
+    pub spare_segments: usize,
     /// When warming: how far the next segment's zeros stay ahead of the tail's offset in its
     /// own segment (the zeros keep pace with the appends, a little ahead).
     pub warm_ahead_bytes: u64,
@@ -239,6 +244,7 @@ impl StoreConfig {
             max_write_bytes: 1 << 20,
             warm_segments: None,
             reuse_segments: true,
+            spare_segments: 1,
             warm_ahead_bytes: 4 << 20,
             max_unflushed_bytes: 64 << 20,
             tail_cache_bytes: 256 << 20,
@@ -272,6 +278,14 @@ impl StoreConfig {
     /// durable, so no `fdatasync` follows it.
     pub fn dsync_segments(&self) -> bool {
         self.flush_disk_type == FlushDiskType::SyncFlush
+    }
+
+    /// How many expired segments a shard keeps for reuse (0 without `reuse_segments`).
+    pub fn max_spares(&self) -> usize {
+        match self.reuse_segments {
+            true => self.spare_segments,
+            false => 0,
+        }
     }
 
     /// Whether the commitlog writes zeros ahead of its tail (see `warm_segments`).
