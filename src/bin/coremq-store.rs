@@ -92,6 +92,9 @@ enum Cmd {
         /// limit: every segment left behind expires, and new segments reuse them (0: never).
         #[arg(long, default_value_t = 0)]
         retention_every_ms: u64,
+        /// Expired segments a shard keeps for reuse (`spareCommitLogSegments`).
+        #[arg(long, default_value_t = 1)]
+        spares: usize,
     },
     /// Verify every record and consume-queue entry.
     Verify {
@@ -135,9 +138,11 @@ fn run(cli: Cli) -> Result<i32, Box<dyn std::error::Error>> {
             size,
             linger_ms,
             retention_every_ms,
+            spares,
         } => {
             init_log(&store);
-            let cfg = store.config();
+            let mut cfg = store.config();
+            cfg.spare_segments = spares;
             if retention_every_ms > 0 {
                 cfg.retention.set_file_reserved_hours(0);
             }
