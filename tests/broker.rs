@@ -891,15 +891,7 @@ fn retention_settings_change_while_running() {
         r.ext("offset").and_then(|v| v.parse::<u64>().ok()).unwrap()
     };
     // Segment files (not the spare an expired one is kept as, for reuse).
-    let segments = || {
-        std::fs::read_dir(store.join("commitlog/0"))
-            .unwrap()
-            .filter_map(|e| e.ok())
-            .filter(|e| {
-                coremq::store::offset::parse_file_name(&e.file_name().to_string_lossy()).is_some()
-            })
-            .count()
-    };
+    let segments = || common::segment_files(&store.join("commitlog/0")).len();
     assert_eq!(min_offset(&mut c), 0);
     let before = segments();
     assert!(before >= 4, "{before} segments");

@@ -163,18 +163,8 @@ fn an_expired_segment_is_reused_and_recovery_stops_at_its_tail() {
     assert!(rep.segments >= 4, "{rep:?}");
     assert!(spare.exists(), "an expired segment is kept as the spare");
     let spare_ino = std::fs::metadata(&spare).unwrap().ino();
-    let numbered = || {
-        std::fs::read_dir(&seg_dir)
-            .unwrap()
-            .filter_map(|e| e.ok())
-            .filter(|e| {
-                coremq::store::offset::parse_file_name(&e.file_name().to_string_lossy()).is_some()
-            })
-            .map(|e| e.metadata().unwrap().ino())
-            .collect::<Vec<_>>()
-    };
     assert_eq!(
-        numbered().len(),
+        segment_files(&seg_dir).len(),
         5 - rep.segments + 1,
         "the active and the next one"
     );
@@ -182,11 +172,10 @@ fn an_expired_segment_is_reused_and_recovery_stops_at_its_tail() {
     // Appends until the tail is halfway into the segment made from the spare (the one after
     // the next, which was created ahead), so older records follow the tail in its file.
     let reused_base = || {
-        std::fs::read_dir(&seg_dir)
-            .unwrap()
-            .filter_map(|e| e.ok())
-            .find(|e| e.metadata().unwrap().ino() == spare_ino)
-            .and_then(|e| coremq::store::offset::parse_file_name(&e.file_name().to_string_lossy()))
+        segment_files(&seg_dir)
+            .into_iter()
+            .find(|&(_, ino)| ino == spare_ino)
+            .map(|(base, _)| base)
     };
     let mut n = 2000u64;
     loop {
@@ -252,16 +241,10 @@ fn a_pass_keeps_up_to_spare_segments_and_new_segments_take_them_all() {
         n += 1;
         assert!(n < 9000, "spares left untaken");
     }
-    let numbered: Vec<u64> = std::fs::read_dir(&seg_dir)
-        .unwrap()
-        .filter_map(|e| e.ok())
-        .filter(|e| {
-            coremq::store::offset::parse_file_name(&e.file_name().to_string_lossy()).is_some()
-        })
-        .map(|e| e.metadata().unwrap().ino())
-        .collect();
+    let numbered = segment_files(&seg_dir);
     assert!(
-        inos.iter().all(|i| numbered.contains(i)),
+        inos.iter()
+            .all(|i| numbered.iter().any(|&(_, ino)| ino == *i)),
         "every spare became a segment"
     );
     let (min, max) = block(store.queue_range("T", 0)).unwrap();

@@ -84,6 +84,20 @@ pub fn read_all(store: &Store, topic: &str, queue_id: u32) -> Vec<Bytes> {
 }
 pub mod remoting;
 
+/// The numbered segment files of a shard's commitlog directory, as (base, inode): not the
+/// spares expired segments are kept as for reuse.
+pub fn segment_files(dir: &Path) -> Vec<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::read_dir(dir)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter_map(|e| {
+            let base = coremq::store::offset::parse_file_name(&e.file_name().to_string_lossy())?;
+            Some((base, e.metadata().ok()?.ino()))
+        })
+        .collect()
+}
+
 /// Path of the segment (of `seg` bytes) holding `off` under store `root`, and the offset
 /// inside it.
 pub fn segment_file(root: &Path, off: CommitLogOffset, seg: u64) -> (std::path::PathBuf, u64) {
