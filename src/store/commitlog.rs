@@ -317,8 +317,8 @@ async fn rename_durably(from: PathBuf, to: PathBuf) -> Result<()> {
     .await
 }
 
-/// Opens (with `create`, creating and preallocating) the segment at `base`; with `reuse`, the
-/// shard's spare segment becomes it. With `dsync` the file is `O_DSYNC`: each write completes
+/// Opens (with `create`, creating and preallocating) the segment at `base`; with `spare`, that
+/// spare file becomes it. With `dsync` the file is `O_DSYNC`: each write completes
 /// only once durable, so SYNC_FLUSH needs no separate `fdatasync` (one device round trip per
 /// flush round instead of two).
 async fn open_segment(

@@ -160,16 +160,15 @@ pub struct StoreConfig {
     /// store zeroes its first segment while it opens. `None` turns it on for `SYNC_FLUSH`,
     /// where every acknowledgement waits for a durable write.
     pub warm_segments: Option<bool>,
-    /// Retention keeps one expired segment per shard (renamed `spare`) and the next new
-    /// segment takes it: its blocks are written already, so records go in without zeros
-    /// written first or extent conversions (a new segment's price), and deletion is a rename.
-    /// A shard keeps up to `spare_segments` such spares: one covers one segment filled per
-    /// retention pass (`clean_resource_interval_ms`); past that, the others a pass expires
-    /// are deleted.
+    /// Retention keeps expired segments as spares (renamed `spare`, `spare.1`, …, up to
+    /// `spare_segments` a shard) and new segments take them: their blocks are written
+    /// already, so records go in without zeros written first or extent conversions (a new
+    /// segment's price), and deletion is a rename. Expired segments past that are deleted.
     pub reuse_segments: bool,
-    /// Most expired segments a shard keeps for reuse (`spareCommitLogSegments`, default 1):
-    /// as many as a shard fills per retention pass. Each holds a segment's disk space until a
-    /// new segment takes it.
+    /// Most expired segments a shard keeps for reuse (`spareCommitLogSegments`, default 1).
+    /// One covers a shard that fills at most one segment per retention pass
+    /// (`clean_resource_interval_ms`); set it to as many as a shard fills per pass. Each
+    /// holds a segment's disk space until a new segment takes it.
     pub spare_segments: usize,
     /// When warming: how far the next segment's zeros stay ahead of the tail's offset in its
     /// own segment (the zeros keep pace with the appends, a little ahead).

@@ -1257,7 +1257,7 @@ impl ShardStore {
             let path = seg.path.clone();
             if self.log.retire(seg).await? {
                 log::info!(
-                    "shard {}: expired segment {} kept as the spare for the next new one",
+                    "shard {}: expired segment {} kept as a spare for a new segment",
                     self.id,
                     path.display()
                 );
